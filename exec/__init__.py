@@ -1,0 +1,1 @@
+"""ppc.exec: the executor that runs compiled programs under torch.distributed."""

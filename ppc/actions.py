@@ -1,0 +1,92 @@
+"""Compute actions and compute orders: the output of schedule expansion.
+
+An action prints in torch.distributed.pipelining's syntax (`2F0` is stage 2, forward,
+microbatch 0) and parses back, so compute orders move between ppc and torch.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+
+from ppc.errors import ScheduleError, SourcePos
+
+
+class Kind(str, Enum):
+    """The four compute kinds; B = I + W."""
+
+    F = "F"  # forward
+    B = "B"  # full backward (inputs and weights)
+    I = "I"  # noqa: E741  backward for inputs only; must be followed by W on the same stage
+    W = "W"  # backward for weights only; needs the I of the same (stage, microbatch)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_ACTION_RE = re.compile(r"^\s*(\d+)\s*([FBIW])\s*(\d+)\s*$")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Action:
+    """One compute op: `kind` of `stage` on microbatch `mb`."""
+
+    stage: int
+    kind: Kind
+    mb: int
+
+    def __str__(self) -> str:
+        return f"{self.stage}{self.kind.value}{self.mb}"
+
+    @classmethod
+    def parse(cls, text: str) -> Action:
+        """Parse `2F0`-style text; raises ScheduleError on anything else."""
+        match = _ACTION_RE.match(text)
+        if match is None:
+            raise ScheduleError(
+                f"unknown action {text.strip()!r}: expected STAGE KIND MICROBATCH like '2F0' "
+                "with KIND one of F, B, I, W"
+            )
+        stage, kind, mb = match.groups()
+        return cls(stage=int(stage), kind=Kind(kind), mb=int(mb))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ComputeOrder:
+    """Per rank, the ordered compute actions of one training step."""
+
+    schedule: str
+    ranks: int
+    stages: int
+    microbatches: int
+    placement: tuple[int, ...]
+    """Rank of each stage."""
+    compute: tuple[tuple[Action, ...], ...]
+    """compute[r] is rank r's actions in program order."""
+    origins: tuple[tuple[SourcePos | None, ...], ...] = field(default=(), compare=False)
+    """origins[r][i] is the schedule-file position that produced compute[r][i], if known."""
+
+    def __post_init__(self) -> None:
+        if len(self.placement) != self.stages:
+            raise ValueError(f"placement has {len(self.placement)} entries for {self.stages} stages")
+        if len(self.compute) != self.ranks:
+            raise ValueError(f"compute has {len(self.compute)} rows for {self.ranks} ranks")
+
+    @property
+    def virtual(self) -> int:
+        """Stages per rank (V)."""
+        return self.stages // self.ranks
+
+    @property
+    def split_backward(self) -> bool:
+        """Whether the backward is split into I and W."""
+        return any(a.kind in (Kind.I, Kind.W) for row in self.compute for a in row)
+
+    def origin(self, rank: int, index: int) -> SourcePos | None:
+        if rank < len(self.origins) and index < len(self.origins[rank]):
+            return self.origins[rank][index]
+        return None
+
+    def stages_of(self, rank: int) -> tuple[int, ...]:
+        return tuple(s for s, r in enumerate(self.placement) if r == rank)

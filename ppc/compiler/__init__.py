@@ -1,0 +1,1 @@
+"""The compiler: compute orders + stage graph -> per-rank instruction lists."""

@@ -1,0 +1,168 @@
+"""The cost model the simulator times programs with.
+
+Costs are per stage: forward F, backward-for-inputs I and backward-for-weights W
+(a full backward B costs I + W). Transfers cost latency + bytes / bandwidth.
+They come inline (`F=1,I=1,W=1`), from a JSON file, or from `ppc profile`.
+
+JSON format (scalars apply to every stage; lists give one value per stage)::
+
+    {"unit": "s", "F": [..], "I": [..], "W": [..],      # or "B" instead of I and W
+     "comm": {"latency": 1e-5, "bandwidth": 2.0e10},   # seconds, bytes per second
+     "activation_bytes": [..], "weight_share": 0.5}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ppc.errors import CostError
+
+_KEYS = {"F", "B", "I", "W", "latency", "bandwidth", "weight_share"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CostModel:
+    forward: tuple[float, ...]
+    """Per-stage forward time."""
+    backward_input: tuple[float, ...]
+    """Per-stage time of I (gradients for the stage's inputs)."""
+    backward_weight: tuple[float, ...]
+    """Per-stage time of W (gradients for the stage's weights)."""
+    latency: float = 0.0
+    """Fixed time per message."""
+    bandwidth: float = math.inf
+    """Bytes per time unit; inf means transfers cost only the latency."""
+    activation_bytes: tuple[int, ...] = field(default=())
+    """Per stage, activation bytes one microbatch keeps alive for backward (empty: unknown)."""
+    weight_share: float = 0.5
+    """Share of a microbatch's activations that I keeps alive for W."""
+    unit: str = "units"
+
+    def __post_init__(self) -> None:
+        n = len(self.forward)
+        if len(self.backward_input) != n or len(self.backward_weight) != n:
+            raise CostError("costs: F, I and W must give one value per stage")
+        for name, values in (("F", self.forward), ("I", self.backward_input), ("W", self.backward_weight)):
+            bad = [v for v in values if not (v >= 0 and math.isfinite(v))]
+            if bad:
+                raise CostError(f"costs: {name} must be finite and >= 0, got {bad[0]!r}")
+        if self.latency < 0 or not self.bandwidth > 0:
+            raise CostError(f"costs: need latency >= 0 and bandwidth > 0, got {self.latency!r}, {self.bandwidth!r}")
+        if not 0.0 <= self.weight_share <= 1.0:
+            raise CostError(f"costs: weight_share must be in [0, 1], got {self.weight_share!r}")
+        if self.activation_bytes and len(self.activation_bytes) != n:
+            raise CostError(f"costs: activation_bytes has {len(self.activation_bytes)} values for {n} stages")
+
+    @property
+    def stages(self) -> int:
+        return len(self.forward)
+
+    def backward(self, stage: int) -> float:
+        return self.backward_input[stage] + self.backward_weight[stage]
+
+    def duration(self, kind: str, stage: int) -> float:
+        """Time of a compute op of `kind` ("F", "B", "I" or "W") on `stage`."""
+        if kind == "F":
+            return self.forward[stage]
+        if kind == "B":
+            return self.backward(stage)
+        if kind == "I":
+            return self.backward_input[stage]
+        if kind == "W":
+            return self.backward_weight[stage]
+        raise ValueError(f"not a compute kind: {kind!r}")
+
+    def transfer(self, nbytes: int) -> float:
+        return self.latency + (nbytes / self.bandwidth if nbytes else 0.0)
+
+    @classmethod
+    def uniform(cls, stages: int, *, F: float = 1.0, I: float = 1.0, W: float = 1.0) -> CostModel:  # noqa: E741
+        return cls(forward=(F,) * stages, backward_input=(I,) * stages, backward_weight=(W,) * stages)
+
+    @classmethod
+    def from_dict(cls, data: dict, stages: int, *, source: str = "costs") -> CostModel:
+        """Build from the JSON form; scalars broadcast, lists must have one value per stage."""
+
+        def per_stage(key: str) -> tuple[float, ...] | None:
+            if key not in data:
+                return None
+            value = data[key]
+            if isinstance(value, (int, float)):
+                return (float(value),) * stages
+            if isinstance(value, list) and len(value) == stages:
+                return tuple(float(v) for v in value)
+            got = len(value) if isinstance(value, list) else type(value).__name__
+            raise CostError(f"{source}: {key!r} needs a number or {stages} values (one per stage), got {got}")
+
+        forward = per_stage("F") or (1.0,) * stages
+        i_costs, w_costs, b_costs = per_stage("I"), per_stage("W"), per_stage("B")
+        if i_costs is None and w_costs is None:
+            b_costs = b_costs or tuple(2.0 * f for f in forward)
+            i_costs = tuple(b / 2 for b in b_costs)
+            w_costs = i_costs
+        elif i_costs is None or w_costs is None:
+            if b_costs is None:
+                raise CostError(f"{source}: give both I and W, or B")
+            given = i_costs if i_costs is not None else w_costs
+            other = tuple(b - g for b, g in zip(b_costs, given))
+            i_costs, w_costs = (given, other) if i_costs is not None else (other, given)
+        comm = data.get("comm", {})
+        acts = data.get("activation_bytes", [])
+        if isinstance(acts, (int, float)):
+            acts = [acts] * stages
+        return cls(
+            forward=forward,
+            backward_input=i_costs,
+            backward_weight=w_costs,
+            latency=float(comm.get("latency", data.get("latency", 0.0))),
+            bandwidth=float(comm.get("bandwidth", data.get("bandwidth", math.inf))),
+            activation_bytes=tuple(int(a) for a in acts),
+            weight_share=float(data.get("weight_share", 0.5)),
+            unit=str(data.get("unit", "units")),
+        )
+
+    @classmethod
+    def parse_inline(cls, text: str, stages: int) -> CostModel:
+        """Parse `F=1,I=1,W=1` (also B=, latency=, bandwidth=, weight_share=)."""
+        data: dict[str, float] = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            key, sep, value = part.partition("=")
+            key = key.strip()
+            if not sep or key not in _KEYS:
+                raise CostError(f"--costs: cannot read {part!r}; expected KEY=NUMBER with KEY in {sorted(_KEYS)}")
+            try:
+                data[key] = float(value)
+            except ValueError:
+                raise CostError(f"--costs: {key} needs a number, got {value.strip()!r}") from None
+        return cls.from_dict(data, stages, source="--costs")
+
+    @classmethod
+    def load(cls, spec: str | None, stages: int) -> CostModel:
+        """From a JSON file path, an inline string, or the uniform default (None)."""
+        if spec is None:
+            return cls.uniform(stages)
+        if spec.endswith(".json") or Path(spec).is_file():
+            path = Path(spec)
+            try:
+                data = json.loads(path.read_text())
+            except FileNotFoundError:
+                raise CostError(f"{spec}: no such costs file") from None
+            except json.JSONDecodeError as exc:
+                raise CostError(f"{spec}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
+            return cls.from_dict(data, stages, source=spec)
+        return cls.parse_inline(spec, stages)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        return {
+            "unit": self.unit,
+            "F": list(self.forward),
+            "I": list(self.backward_input),
+            "W": list(self.backward_weight),
+            "comm": {"latency": self.latency, "bandwidth": self.bandwidth if math.isfinite(self.bandwidth) else 1e300},
+            "activation_bytes": list(data["activation_bytes"]),
+            "weight_share": self.weight_share,
+        }

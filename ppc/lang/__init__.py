@@ -1,0 +1,1 @@
+"""The schedule language: grammar, parser, AST and expansion to compute orders."""

@@ -1,0 +1,1 @@
+"""The built-in schedules: one .ppc file each, found by name (installed as package data)."""

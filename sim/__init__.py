@@ -1,0 +1,1 @@
+"""ppc.sim: the dependency simulator (validation, timeline, reports, pictures)."""
