@@ -16,6 +16,11 @@ from ppc.errors import PpcError
 
 COMMANDS: tuple[str, ...] = (
     # subcommand name -> module ppc.cli.cmd_<name>
+    "schedules",
+    "compile",
+    "profile",
+    "plan",
+    "run",
 )
 
 EXIT_USAGE = 2

@@ -1,0 +1,259 @@
+"""Parse .ppc text into a ScheduleDef; lark errors become one-line ScheduleErrors."""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+
+import lark
+from lark import Lark, Token, Transformer, v_args
+
+from ppc.actions import Kind
+from ppc.errors import PpcError, ScheduleError, SourcePos
+from ppc.lang import ast
+
+_FRIENDLY = {
+    "NAME": "a name",
+    "SCHEDULE_NAME": "a schedule name",
+    "INT": "a number",
+    "KIND": "an op (F, B, I, W)",
+    "STRING": 'a "message"',
+    "DOC": "a doc string",
+    "LIMIT": "inflight or retained",
+    "COMP_OP": "a comparison",
+    "ADD_OP": "+ or -",
+    "MUL_OP": "*, // or %",
+    "$END": "end of file",
+}
+
+
+@functools.cache
+def _parser() -> Lark:
+    text = importlib.resources.files("ppc.lang").joinpath("grammar.lark").read_text()
+    return Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=True)
+
+
+def parse(text: str, path: str = "<string>") -> ast.ScheduleDef:
+    """Parse schedule source; raises ScheduleError with file:line:col and a caret."""
+    lines = text.splitlines()
+    try:
+        tree = _parser().parse(text)
+        return _ToAst(path, lines).transform(tree)
+    except lark.exceptions.VisitError as error:
+        if isinstance(error.orig_exc, PpcError):
+            raise error.orig_exc from None
+        raise
+    except lark.exceptions.UnexpectedInput as error:
+        pos = _pos(path, lines, error.line, error.column)
+        raise ScheduleError(_describe(error), pos=pos) from None
+
+
+def _pos(path: str, lines: list[str], line: int, col: int) -> SourcePos:
+    line = max(line, 1)
+    source = lines[line - 1] if line <= len(lines) else ""
+    return SourcePos(path=path, line=line, col=max(col, 1), source_line=source)
+
+
+def _describe(error: lark.exceptions.UnexpectedInput) -> str:
+    if isinstance(error, lark.exceptions.UnexpectedCharacters):
+        return f"unexpected character {error.char!r}"
+    if isinstance(error, lark.exceptions.UnexpectedEOF):
+        return f"unexpected end of file, expected {_expected(error.expected)}"
+    if isinstance(error, lark.exceptions.UnexpectedToken):
+        token = error.token
+        found = "end of file" if token.type == "$END" else repr(str(token))
+        return f"unexpected {found}, expected {_expected(error.accepts or error.expected)}"
+    return "syntax error"
+
+
+def _expected(names) -> str:
+    terminals = {t.name: t for t in _parser().terminals}
+    shown = []
+    for name in sorted(names):
+        if name in _FRIENDLY:
+            shown.append(_FRIENDLY[name])
+        elif name in terminals and terminals[name].pattern.type == "str":
+            shown.append(repr(terminals[name].pattern.value))
+    shown = sorted(set(shown))
+    if len(shown) == 1:
+        return shown[0]
+    return "one of " + ", ".join(shown)
+
+
+@v_args(meta=True)
+class _ToAst(Transformer):
+    """One method per grammar rule; every node gets the SourcePos of its first token."""
+
+    def __init__(self, path: str, lines: list[str]):
+        super().__init__()
+        self._path = path
+        self._lines = lines
+
+    def _at(self, meta_or_token) -> SourcePos:
+        return _pos(self._path, self._lines, meta_or_token.line, meta_or_token.column)
+
+    # ------------------------------------------------------------ file structure
+
+    def start(self, meta, children):
+        doc = ""
+        if children and isinstance(children[0], Token) and children[0].type == "DOC":
+            doc = " ".join(children[0][3:-3].split())
+            children = children[1:]
+        name_pos, *decls, body = children
+        name, pos = name_pos
+        params = tuple(d for d in decls if isinstance(d, ast.Param))
+        requires = tuple(d for d in decls if isinstance(d, ast.Require))
+        placements = [d for d in decls if isinstance(d, ast.Placement)]
+        if len(placements) > 1:
+            raise ScheduleError("a schedule has at most one placement", pos=placements[1].pos)
+        placement = placements[0] if placements else ast.Placement(kind="loop", pos=pos)
+        return ast.ScheduleDef(
+            name=name, doc=doc, params=params, requires=requires,
+            placement=placement, body=body, pos=pos,
+        )
+
+    def header(self, meta, children):
+        return str(children[0]), self._at(children[0])
+
+    def param(self, meta, children):
+        return ast.Param(name=str(children[0]), default=children[1], pos=self._at(meta))
+
+    def require(self, meta, children):
+        cond, message = children
+        return ast.Require(cond=cond, message=str(message)[1:-1], pos=self._at(meta))
+
+    def placement_named(self, meta, children):
+        name = str(children[0])
+        kinds = {"loop": "loop", "vshape": "vshape", "v": "vshape"}
+        if name not in kinds:
+            raise ScheduleError(
+                f"unknown placement {name!r}: expected loop, vshape or [rank, ...]",
+                pos=self._at(children[0]),
+            )
+        return ast.Placement(kind=kinds[name], pos=self._at(meta))
+
+    def placement_map(self, meta, children):
+        ranks = tuple(c for c in children if c is not None)
+        return ast.Placement(kind="map", ranks=ranks, pos=self._at(meta))
+
+    def per_rank(self, meta, children):
+        var, block = children
+        return ast.PerRank(var=str(var), body=block, pos=self._at(meta))
+
+    def policy(self, meta, children):
+        split, prefer, limits = False, (), {}
+        for kind, value, pos in children:
+            if kind == "split":
+                split = True
+            elif kind == "prefer":
+                prefer = value
+            else:
+                if kind in limits:
+                    raise ScheduleError(f"{kind} is limited twice", pos=pos)
+                limits[kind] = value
+        if not prefer:
+            raise ScheduleError("a policy needs a `prefer` line, e.g. prefer B, F", pos=self._at(meta))
+        return ast.Policy(
+            split_backward=split, prefer=prefer, inflight=limits.get("inflight"),
+            retained=limits.get("retained"), pos=self._at(meta),
+        )
+
+    def split_backward(self, meta, children):
+        return "split", True, self._at(meta)
+
+    def prefer(self, meta, children):
+        kinds = tuple(Kind(str(k)) for k in children)
+        if len(set(kinds)) != len(kinds):
+            raise ScheduleError("prefer lists an op kind twice", pos=self._at(meta))
+        return "prefer", kinds, self._at(meta)
+
+    def limit(self, meta, children):
+        return str(children[0]), children[1], self._at(meta)
+
+    # ------------------------------------------------------------ statements
+
+    def block(self, meta, children):
+        return tuple(children)
+
+    def let(self, meta, children):
+        return ast.Let(name=str(children[0]), value=children[1], pos=self._at(meta))
+
+    def for_loop(self, meta, children):
+        var, (start, stop, reverse), body = children
+        return ast.For(
+            var=str(var), start=start, stop=stop, reverse=reverse, body=body, pos=self._at(meta)
+        )
+
+    def up_range(self, meta, children):
+        return children[0], children[1], False
+
+    def down_range(self, meta, children):
+        return children[0], children[1], True
+
+    def if_stmt(self, meta, children):
+        orelse: tuple = ()
+        if len(children) % 2 == 1:
+            orelse = children[-1]
+            children = children[:-1]
+        pairs = list(zip(children[0::2], children[1::2]))
+        for cond, then in reversed(pairs):
+            orelse = (ast.If(cond=cond, then=then, orelse=orelse, pos=cond.pos),)
+        first = orelse[0]
+        return ast.If(cond=first.cond, then=first.then, orelse=first.orelse, pos=self._at(meta))
+
+    def op(self, meta, children):
+        kind, stage, mb = children
+        return ast.Op(kind=Kind(str(kind)), stage=stage, mb=mb, pos=self._at(meta))
+
+    # ------------------------------------------------------------ expressions
+
+    def or_chain(self, meta, children):
+        return self._fold(meta, ["or" if i % 2 else c for i, c in enumerate(_interleave(children))])
+
+    def and_chain(self, meta, children):
+        return self._fold(meta, ["and" if i % 2 else c for i, c in enumerate(_interleave(children))])
+
+    def compare(self, meta, children):
+        return self._fold(meta, children)
+
+    def arith(self, meta, children):
+        return self._fold(meta, children)
+
+    def _fold(self, meta, items):
+        result = items[0]
+        for op, right in zip(items[1::2], items[2::2]):
+            result = ast.BinOp(op=str(op), left=result, right=right, pos=result.pos)
+        return result
+
+    def not_(self, meta, children):
+        return ast.Unary(op="not", operand=children[0], pos=self._at(meta))
+
+    def neg(self, meta, children):
+        return ast.Unary(op="-", operand=children[0], pos=self._at(meta))
+
+    def number(self, meta, children):
+        return ast.Num(value=int(children[0]), pos=self._at(meta))
+
+    def true(self, meta, children):
+        return ast.Num(value=1, pos=self._at(meta))
+
+    def false(self, meta, children):
+        return ast.Num(value=0, pos=self._at(meta))
+
+    def name(self, meta, children):
+        return ast.Name(id=str(children[0]), pos=self._at(meta))
+
+    def call(self, meta, children):
+        func, *args = children
+        args = tuple(a for a in args if a is not None)
+        return ast.Call(func=str(func), args=args, pos=self._at(meta))
+
+
+def _interleave(children):
+    """[a, b, c] -> [a, None, b, None, c] so that _fold sees operand/operator pairs."""
+    out = []
+    for i, child in enumerate(children):
+        if i:
+            out.append(None)
+        out.append(child)
+    return out
