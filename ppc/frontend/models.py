@@ -1,0 +1,256 @@
+"""Model presets, deterministic initialisation and local Hugging Face directories.
+
+A model is named by a preset ("tiny-llama", "llama-3.2-1b", "tiny-qwen2", "tiny-mistral",
+"tiny-gpt2") or by a local directory holding a Hugging Face config.json (and optionally
+safetensors weights). Nothing is fetched from a hub.
+
+Initialisation is per parameter: each parameter is drawn from its own torch.Generator
+seeded by a hash of (seed, full parameter name), on the CPU, then cast and moved. So the
+same (model, seed) gives the same weights on every device and for every subset of
+parameters - which is what lets one pipeline stage materialise only its own weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ppc.errors import ModelError
+
+_TINY_LLAMA_SHAPE = {
+    "hidden_size": 64,
+    "intermediate_size": 176,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 256,
+    "max_position_embeddings": 512,
+}
+
+PRESETS: dict[str, dict] = {
+    "tiny-llama": dict(model_type="llama", tie_word_embeddings=False, **_TINY_LLAMA_SHAPE),
+    "tiny-llama-tied": dict(model_type="llama", tie_word_embeddings=True, **_TINY_LLAMA_SHAPE),
+    "llama-3.2-1b": {
+        "model_type": "llama",
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 64,
+        "vocab_size": 128256,
+        "max_position_embeddings": 131072,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": True,
+        "bos_token_id": 128000,
+        "eos_token_id": 128001,
+        "rope_parameters": {
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 32.0,
+            "high_freq_factor": 4.0,
+            "low_freq_factor": 1.0,
+            "original_max_position_embeddings": 8192,
+        },
+    },
+    "tiny-qwen2": dict(model_type="qwen2", tie_word_embeddings=True, **_TINY_LLAMA_SHAPE),
+    "tiny-mistral": dict(
+        model_type="mistral", tie_word_embeddings=False, sliding_window=None, **_TINY_LLAMA_SHAPE
+    ),
+    "tiny-gpt2": {
+        "model_type": "gpt2", "n_embd": 64, "n_layer": 8, "n_head": 4, "vocab_size": 256, "n_positions": 512,
+        "tie_word_embeddings": True, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+        "bos_token_id": 0, "eos_token_id": 0,
+    },
+}
+"""Preset name -> transformers config keywords (model_type picks the config class)."""
+
+INITIALIZER_RANGE = 0.02
+
+
+def load_config(model: str):
+    """The transformers config of a preset or of a local directory's config.json."""
+    from transformers import AutoConfig
+
+    if model in PRESETS:
+        keywords = dict(PRESETS[model])
+        model_type = keywords.pop("model_type")
+        config = AutoConfig.for_model(model_type, **keywords)
+    else:
+        path = Path(model)
+        if not (path / "config.json").is_file():
+            known = ", ".join(PRESETS)
+            raise ModelError(
+                f"unknown model {model!r}: not a preset ({known}) nor a directory with config.json"
+            )
+        try:
+            config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+        except (ValueError, OSError, json.JSONDecodeError) as error:
+            raise ModelError(f"{path / 'config.json'}: {error}") from error
+    config._attn_implementation = "sdpa"
+    return config
+
+
+def _causal_lm_class(config):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM._model_mapping[type(config)]
+    except KeyError as error:
+        raise ModelError(
+            f"model type {config.model_type!r} has no causal-LM class in transformers"
+        ) from error
+
+
+@contextlib.contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Create parameters on the meta device while buffers (rotary tables) stay real."""
+    original = nn.Module.register_parameter
+
+    def register(module, name, param):
+        original(module, name, param)
+        if param is not None and param.device.type != "meta":
+            param = module._parameters[name]
+            module._parameters[name] = nn.Parameter(
+                param.to("meta"), requires_grad=param.requires_grad
+            )
+
+    nn.Module.register_parameter = register
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original
+
+
+def build_skeleton(model: str) -> nn.Module:
+    """The model with parameters on the meta device and real CPU buffers."""
+    config = load_config(model)
+    cls = _causal_lm_class(config)
+    with _parameters_on_meta(), torch.device("cpu"):
+        module = cls(config)
+    module.train()
+    return module
+
+
+def build_model(
+    model: str,
+    *,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> nn.Module:
+    """The full model with deterministic weights (see module docstring); on "meta" only
+    shapes exist. A local directory with safetensors weights loads those instead."""
+    module = build_skeleton(model)
+    buffers = {name: buf.clone() for name, buf in module.named_buffers()}
+    plan = init_plan(module)
+    std = initializer_range(module)
+    names = canonical_names(module)
+    module.to_empty(device=device)
+    for local, param in module.named_parameters(remove_duplicate=False):
+        param.data = param.data.to(dtype)
+        if param.device.type != "meta":
+            canonical = names[local]
+            fill(param, initial_value(canonical, tuple(param.shape), plan[canonical],
+                                      seed=seed, std=std))
+    for name, buf in module.named_buffers():
+        buf.data = buffers[name].to(buf.device if buf.device.type != "meta" else device)
+    weights = weights_dir(model)
+    if weights is not None and torch.device(device).type != "meta":
+        load_weights(module, weights, names)
+    if getattr(module.config, "tie_word_embeddings", False) and hasattr(module, "tie_weights"):
+        module.tie_weights()
+    return module
+
+
+def canonical_names(module: nn.Module) -> dict[str, str]:
+    """Every parameter name (duplicates included) -> the first name of that parameter."""
+    first: dict[int, str] = {}
+    names: dict[str, str] = {}
+    for name, param in module.named_parameters(remove_duplicate=False):
+        names[name] = first.setdefault(id(param), name)
+    return names
+
+
+def parameter_seed(seed: int, name: str) -> int:
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def init_kind(owner: nn.Module, leaf_name: str) -> str:
+    """"normal", "zeros" or "ones": the HF-like scheme for one parameter."""
+    if leaf_name == "bias":
+        return "zeros"
+    if "norm" in type(owner).__name__.lower():
+        return "ones"
+    return "normal"
+
+
+def init_plan(module: nn.Module) -> dict[str, str]:
+    """Canonical parameter name -> init kind, from the owning module of the full model."""
+    plan = {}
+    for name, _ in module.named_parameters():
+        owner_path, _, leaf = name.rpartition(".")
+        owner = module.get_submodule(owner_path) if owner_path else module
+        plan[name] = init_kind(owner, leaf)
+    return plan
+
+
+def initializer_range(module: nn.Module) -> float:
+    config = getattr(module, "config", None)
+    return float(getattr(config, "initializer_range", INITIALIZER_RANGE))
+
+
+def initial_value(
+    name: str, shape: tuple[int, ...], kind: str, *, seed: int, std: float
+) -> torch.Tensor:
+    """The initial float32 CPU value of the parameter with this full-model name."""
+    if kind == "zeros":
+        return torch.zeros(shape)
+    if kind == "ones":
+        return torch.ones(shape)
+    generator = torch.Generator().manual_seed(parameter_seed(seed, name))
+    return torch.empty(shape).normal_(0.0, std, generator=generator)
+
+
+def fill(param: torch.Tensor, value: torch.Tensor) -> None:
+    with torch.no_grad():
+        param.copy_(value.to(device=param.device, dtype=param.dtype))
+
+
+def weights_dir(model: str) -> Path | None:
+    if model in PRESETS:
+        return None
+    path = Path(model)
+    return path if any(path.glob("*.safetensors")) else None
+
+
+def load_weights(module: nn.Module, directory: Path, names: dict[str, str]) -> list[str]:
+    """Copy into `module` the tensors of `directory`'s safetensors files that it holds
+    (`names`: local name -> checkpoint name); reads only those tensors. Returns the
+    checkpoint names loaded."""
+    from safetensors import safe_open
+
+    wanted: dict[str, list[str]] = {}
+    for local, canonical in names.items():
+        wanted.setdefault(canonical, []).append(local)
+    params = dict(module.named_parameters(remove_duplicate=False))
+    loaded = []
+    for file in sorted(Path(directory).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
+                for local in wanted.get(key, ()):
+                    fill(params[local], handle.get_tensor(key))
+                    loaded.append(key)
+    return loaded
+
+
+def parameter_count(module: nn.Module) -> int:
+    """Parameters of the model, each tied parameter once."""
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,276 @@
+"""Split a traced model into S pipeline stages, cutting only between blocks.
+
+The unit of a cut is a block (a decoder layer; for a model without repeated blocks, each
+module with parameters). Everything before the first block joins stage 0, everything
+after a block joins that block's stage (so the embedding is on the first stage and the
+final norm, lm_head and loss on the last). Cut positions minimise the largest per-stage
+weight, where the weight is estimated forward FLOPs (`by="cost"`), parameters
+(`by="params"`) or one per block (`by="layers"`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from dataclasses import dataclass, field
+
+from torch import fx
+
+from ppc.compiler.stage_graph import StageGraph
+from ppc.errors import ModelError
+from ppc.frontend import routing
+from ppc.frontend.specs import info
+
+SPLIT_METHODS = ("cost", "layers", "params")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StageModule:
+    """One pipeline stage: a GraphModule plus the names of what it reads and returns."""
+
+    index: int
+    module: fx.GraphModule
+    """Parameters on the device they were traced on (meta for build_split)."""
+    inputs: tuple[str, ...]
+    """Value names, in the module's positional order (batch inputs and received values)."""
+    outputs: tuple[str, ...]
+    """Names of the returned tuple's items, in order."""
+    param_names: dict[str, str]
+    """Local parameter name -> name in the full model (a tied one maps to its first name)."""
+    layers: tuple[str, ...] = ()
+    """Qualified names of the blocks this stage runs."""
+    flops: int = 0
+    """Estimated forward FLOPs per microbatch (recomputed values included)."""
+    params: int = 0
+    """Parameters held by the stage (a tied one counts on every stage that holds it)."""
+    activation_bytes: int = 0
+    """Estimated bytes saved for backward per microbatch (see ppc.frontend.specs)."""
+    recomputed: tuple[str, ...] = ()
+    """Cross-stage values this stage recomputes instead of receiving."""
+
+    def __call__(self, *args):
+        return self.module(*args)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SplitModel:
+    """The FX split graph and the StageGraph the compiler lowers."""
+
+    graph: StageGraph
+    stages: tuple[StageModule, ...]
+    batch_inputs: tuple[str, ...]
+    loss_name: str
+    module: fx.GraphModule
+    """The split graph: children submod_0..submod_{S-1}, called in a chain."""
+    by: str = "cost"
+    blocks: tuple[str, ...] = ()
+    """All blocks (cut units) of the model, in order."""
+    unit_flops: tuple[float, ...] = ()
+    """Estimated FLOPs per block, with what runs before the first block counted in the
+    first and what runs after a block in that block."""
+    sizes: tuple[int, ...] = ()
+    """Blocks per stage."""
+    extras: dict = field(default_factory=dict)
+    """Where weights come from (set by build_split: source, init plan, buffers, seed)."""
+
+
+def split(gm: fx.GraphModule, stages: int, by: str = "cost") -> SplitModel:
+    """Split a GraphModule from `ppc.frontend.trace` into `stages` stages."""
+    if by not in SPLIT_METHODS:
+        raise ModelError(f"unknown split method {by!r}; known: {', '.join(SPLIT_METHODS)}")
+    if stages < 1:
+        raise ModelError(f"stages must be at least 1, got {stages}")
+    nodes = [n for n in gm.graph.nodes if n.op not in ("placeholder", "get_attr", "output")]
+    if any("ppc" not in n.meta for n in nodes):
+        raise ModelError("split needs a GraphModule from ppc.frontend.trace (no shape metadata)")
+    units = unit_nodes(gm, stages)
+    segment = _segments(nodes, units)
+    weights = _weights(gm, nodes, segment, len(units), by)
+    sizes = balanced_sizes(weights, stages) if by != "layers" else equal_sizes(len(units), stages)
+    unit_stage = [s for s, size in enumerate(sizes) for _ in range(size)]
+    stage_of = {n: unit_stage[segment[n]] for n in nodes}
+    flops = _weights(gm, nodes, segment, len(units), "cost")
+    result = _assemble(gm, stage_of, units, unit_stage, stages, by)
+    return dataclasses.replace(result, unit_flops=tuple(flops), sizes=tuple(sizes))
+
+
+def unit_nodes(gm: fx.GraphModule, stages: int) -> list[fx.Node]:
+    """Nodes between which a cut may fall: the blocks, or else modules with parameters."""
+    blocks = set(gm.meta.get("ppc_blocks", ()))
+    units = [n for n in gm.graph.nodes if n.op == "call_module" and n.target in blocks]
+    if len(units) < stages:
+        modules = dict(gm.named_modules())
+        units = [
+            n for n in gm.graph.nodes
+            if n.op == "call_module" and any(True for _ in modules[n.target].parameters())
+        ] if len(units) < 2 else units
+    if len(units) < stages:
+        raise ModelError(
+            f"the model has {len(units)} blocks; it cannot be split into {stages} stages "
+            "(cuts fall only between blocks)"
+        )
+    return units
+
+
+def _segments(nodes: list[fx.Node], units: list[fx.Node]) -> dict[fx.Node, int]:
+    """Node -> index of the block it goes with (the last block at or before it)."""
+    unit_index = {n: i for i, n in enumerate(units)}
+    current = 0
+    segment = {}
+    for node in nodes:
+        current = unit_index.get(node, current)
+        segment[node] = current
+    return segment
+
+
+def _weights(gm, nodes, segment, count: int, by: str) -> list[float]:
+    weights = [0.0] * count
+    params: dict[int, set] = {i: set() for i in range(count)}
+    for node in nodes:
+        weights[segment[node]] += info(node).flops
+        for arg in node.all_input_nodes:
+            if arg.op == "get_attr":
+                params[segment[node]].add(arg.target)
+    if by == "params":
+        modules = dict(gm.named_modules())
+        weights = [0.0] * count
+        for node in nodes:
+            if node.op == "call_module":
+                weights[segment[node]] += sum(p.numel() for p in modules[node.target].parameters())
+        for index, targets in params.items():
+            for target in targets:
+                weights[index] += routing._attr(gm, target).numel()
+    return weights
+
+
+def equal_sizes(units: int, stages: int) -> list[int]:
+    """Blocks per stage for the equal-layers split (extra blocks go to the first stages)."""
+    return [units // stages + (1 if s < units % stages else 0) for s in range(stages)]
+
+
+def balanced_sizes(weights: list[float], stages: int) -> list[int]:
+    """Contiguous groups of `weights` (each non-empty) that minimise the largest sum."""
+    n = len(weights)
+    prefix = [0.0]
+    for w in weights:
+        prefix.append(prefix[-1] + w)
+    inf = float("inf")
+    # best[k][i]: smallest max-sum splitting the first i units into k groups
+    best = [[inf] * (n + 1) for _ in range(stages + 1)]
+    choice = [[0] * (n + 1) for _ in range(stages + 1)]
+    best[0][0] = 0.0
+    for k in range(1, stages + 1):
+        for i in range(k, n - (stages - k) + 1):
+            for j in range(k - 1, i):
+                cost = max(best[k - 1][j], prefix[i] - prefix[j])
+                if cost < best[k][i]:
+                    best[k][i], choice[k][i] = cost, j
+    sizes, i = [], n
+    for k in range(stages, 0, -1):
+        j = choice[k][i]
+        sizes.append(i - j)
+        i = j
+    return sizes[::-1]
+
+
+def _assemble(gm, stage_of, units, unit_stage, stages: int, by: str) -> SplitModel:
+    router = routing.Router(gm, stage_of)
+    plans = router.build(stages)
+    canonical = _canonical(gm)
+    modules = []
+    for plan in plans:
+        module = fx.GraphModule(plan.targets, plan.graph, class_name=f"Stage{plan.index}")
+        module.graph.eliminate_dead_code()
+        module.recompile()
+        modules.append(module)
+    stage_modules = tuple(
+        _stage_module(plan, module, canonical, units, unit_stage)
+        for plan, module in zip(plans, modules)
+    )
+    values = routing.stage_values(plans, stage_of)
+    tied = routing.tied_weights(modules, canonical)
+    graph = StageGraph(
+        num_stages=stages,
+        values=values,
+        tied=tied,
+        activation_bytes=tuple(s.activation_bytes for s in stage_modules),
+    )
+    batch_inputs = tuple(n.name for n in gm.graph.nodes if n.op == "placeholder")
+    return SplitModel(
+        graph=graph,
+        stages=stage_modules,
+        batch_inputs=batch_inputs,
+        loss_name=plans[-1].outputs[-1].name,
+        module=_chain(gm, plans, modules),
+        by=by,
+        blocks=tuple(str(n.target) for n in units),
+    )
+
+
+def _canonical(gm: fx.GraphModule) -> dict[int, str]:
+    first: dict[int, str] = {}
+    for name, param in gm.named_parameters(remove_duplicate=False):
+        first.setdefault(id(param), name)
+    return first
+
+
+def _stage_module(plan, module, canonical, units, unit_stage) -> StageModule:
+    originals = [plan.origin[n] for n in module.graph.nodes if n in plan.origin]
+    computed = [n for n in originals if n.op not in ("placeholder", "get_attr")]
+    return StageModule(
+        index=plan.index,
+        module=module,
+        inputs=tuple(n.name for n in plan.inputs),
+        outputs=tuple(n.name for n in plan.outputs),
+        param_names={
+            name: canonical[id(p)] for name, p in module.named_parameters(remove_duplicate=False)
+        },
+        layers=tuple(str(u.target) for u, s in zip(units, unit_stage) if s == plan.index),
+        flops=sum(info(n).flops for n in computed),
+        params=sum(p.numel() for p in module.parameters()),
+        activation_bytes=sum(info(n).saved_bytes for n in computed),
+        recomputed=tuple(n.name for n in plan.recomputed),
+    )
+
+
+def _chain(gm: fx.GraphModule, plans, modules) -> fx.GraphModule:
+    """The split graph: placeholders, submod_i calls in order, getitem per output."""
+    graph = fx.Graph()
+    env: dict[str, fx.Node] = {}
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            env[node.name] = graph.placeholder(node.name)
+    targets = {}
+    result = None
+    for plan, module in zip(plans, modules):
+        name = f"submod_{plan.index}"
+        targets[name] = module
+        call = graph.call_module(name, tuple(env[n.name] for n in plan.inputs))
+        for i, out in enumerate(plan.outputs):
+            env[out.name] = graph.call_function(operator.getitem, (call, i))
+            result = env[out.name]
+    graph.output(result)
+    return fx.GraphModule(targets, graph, class_name=f"{gm.__class__.__name__}Split")
+
+
+def balance(per_stage: list[float]) -> float:
+    """max / mean of a per-stage quantity (1.0 is perfect balance)."""
+    mean = sum(per_stage) / len(per_stage)
+    return max(per_stage) / mean if mean else 1.0
+
+
+def stage_costs(split_model: SplitModel, sizes: list[int] | None = None) -> list[float]:
+    """Estimated FLOPs per stage when stage s runs sizes[s] consecutive blocks (default:
+    the split's own sizes). Stage 0 also runs everything before the first block, the
+    last stage everything after the last block; recomputed values are not counted."""
+    sizes = list(sizes or split_model.sizes)
+    totals, at = [], 0
+    for size in sizes:
+        totals.append(sum(split_model.unit_flops[at:at + size]))
+        at += size
+    return totals
+
+
+def equal_layers(split_model: SplitModel) -> list[float]:
+    """Estimated FLOPs per stage of the equal-layers split of the same model."""
+    return stage_costs(split_model, equal_sizes(len(split_model.blocks), len(split_model.stages)))
