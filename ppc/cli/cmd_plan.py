@@ -1,0 +1,105 @@
+"""`ppc plan`: recommend a schedule, split and microbatching from measured costs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+GIB = 2**30
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "plan",
+        help="search schedules, splits and microbatching on measured costs",
+        description="Search built-in schedules, virtual stages, microbatch count/size and the stage "
+        "split (balanced on the costs), plus a generated zero-bubble policy; print the best "
+        "candidates and write the winner as a .ppc file with the `ppc run` command that uses it.",
+    )
+    p.add_argument("--model", default=None, help="model preset or HF directory (profiled on CPU when --costs is not given)")
+    p.add_argument("--ranks", type=int, required=True, help="pipeline ranks (GPUs)")
+    p.add_argument("--global-batch", type=int, required=True, help="samples per optimizer step")
+    p.add_argument("--memory-cap", type=float, default=None, metavar="GiB", help="memory per rank")
+    p.add_argument("--costs", default=None, help="costs JSON (from `ppc profile` or docs/costs/)")
+    p.add_argument("--schedules", default=None, help="comma-separated schedules to try (default: all built-ins)")
+    p.add_argument("--virtual", default="1,2", help="stages per rank to try (default 1,2)")
+    p.add_argument("--microbatch-sizes", default=None, help="sizes to try (default: every divisor of the batch)")
+    p.add_argument("--seq-len", type=int, default=128, help="sequence length when profiling --model")
+    p.add_argument("--no-auto-zb", action="store_true", help="leave out the generated zero-bubble policy")
+    p.add_argument("--top", type=int, default=10, help="candidates to print")
+    p.add_argument("-o", "--output", default="plan.ppc", help="where to write the winning schedule")
+    return p
+
+
+def _ints(text: str | None) -> tuple[int, ...]:
+    from ppc.errors import CostError
+
+    if not text:
+        return ()
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise CostError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _profile(args):
+    from ppc.errors import CostError
+    from ppc.profiling.cost_profile import CostProfile
+
+    if args.costs:
+        return CostProfile.load(args.costs)
+    if not args.model:
+        raise CostError("ppc plan needs --costs FILE.json or --model MODEL to profile")
+    from ppc.profiling.profile import ProfileRequest, profile_model
+
+    return profile_model(ProfileRequest(model=args.model, stages=None, seq_len=args.seq_len, microbatch_size=1,
+                                        device="cpu"))
+
+
+def run(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ppc.profiling.plan import PlanRequest, baseline, search
+    from ppc.profiling.report import run_command, schedule_text
+
+    console = Console()
+    profile = _profile(args)
+    cap = args.memory_cap * GIB if args.memory_cap is not None else None
+    request = PlanRequest(
+        ranks=args.ranks, global_batch=args.global_batch, memory_cap=cap,
+        schedules=tuple(s.strip() for s in args.schedules.split(",")) if args.schedules else (),
+        virtual=_ints(args.virtual) or (1,), microbatch_sizes=_ints(args.microbatch_sizes),
+        auto_zero_bubble=not args.no_auto_zb,
+    )
+    with console.status("simulating candidates"):
+        candidates = search(profile, request)
+        base = None
+        b0 = profile.microbatch_size
+        if profile.stages == args.ranks and args.global_batch % b0 == 0:
+            base = baseline(profile, microbatches=args.global_batch // b0, memory_cap=cap)
+    unit = profile.stage_costs.unit
+    table = Table(title=f"ppc plan: {args.ranks} ranks, global batch {args.global_batch}"
+                  + (f", cap {args.memory_cap:g} GiB" if cap else "") + " (predicted)")
+    for column in ("#", "schedule", "V", "M x b", "split (layers/stage)", f"step ({unit})", "bubble",
+                   "peak mem/rank (GiB)", "fits"):
+        table.add_column(column, justify="right" if column not in ("schedule", "split (layers/stage)") else "left")
+    rows = ([("base", base)] if base else []) + [(str(i + 1), c) for i, c in enumerate(candidates[: args.top])]
+    for label, c in rows:
+        table.add_row(label, c.schedule + (" (given split)" if c.split_kind == "given" else ""), str(c.virtual),
+                      f"{c.microbatches} x {c.microbatch_size}", "/".join(map(str, c.split)),
+                      f"{c.step_time:.4g}", f"{c.bubble:.1%}", f"{max(c.peak_bytes) / GIB:.2f}",
+                      "yes" if c.fits else "NO")
+    console.print(table)
+    winner = candidates[0]
+    out = Path(args.output)
+    out.write_text(schedule_text(winner))
+    console.print(f"winner: {winner.describe()}, predicted step {winner.step_time:.4g} {unit}"
+                  + (f" ({1 - winner.step_time / base.step_time:.0%} below the baseline "
+                     f"{base.step_time:.4g} {unit})" if base else ""))
+    if not winner.fits:
+        console.print("[yellow]no candidate fits the memory cap; the winner is the fastest regardless[/]")
+    console.print(f"wrote {out}")
+    console.print(run_command(winner, schedule_path=out, model=args.model or profile.meta.get("model", "MODEL"),
+                              ranks=args.ranks, seq_len=profile.seq_len))
+    return 0

@@ -1,0 +1,57 @@
+"""`ppc profile`: measure per-stage F/B/I/W times and activation bytes on a device."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "profile",
+        help="measure a model's per-stage costs on the real device",
+        description="Measure per-stage F, B, I, W times (warm-up, then the median of repeats; CUDA "
+        "events on a GPU), activation bytes per microbatch and bytes sent per stage, and write "
+        "the costs JSON that `ppc simulate --costs` and `ppc plan --costs` read.",
+    )
+    p.add_argument("--model", required=True, help="model preset (e.g. tiny-llama) or HF directory")
+    p.add_argument("--stages", type=int, required=True, help="stages to split the model into")
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--microbatch-size", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--by", default="cost", choices=("cost", "layers", "params"), help="how to split")
+    p.add_argument("--no-layers", action="store_true", help="skip the per-layer measurement")
+    p.add_argument("-o", "--output", required=True, help="costs JSON to write")
+    return p
+
+
+def run(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ppc.profiling.profile import ProfileRequest, profile_model
+
+    console = Console()
+    request = ProfileRequest(
+        model=args.model, stages=args.stages, seq_len=args.seq_len, microbatch_size=args.microbatch_size,
+        device=args.device, warmup=args.warmup, repeats=args.repeats, by=args.by, layers=not args.no_layers,
+    )
+    with console.status(f"profiling {args.model} on {args.device}"):
+        profile = profile_model(request)
+    profile.save(args.output)
+    c = profile.stage_costs
+    table = Table(title=f"{args.model}: {args.stages} stages, microbatch {args.microbatch_size} x {args.seq_len} "
+                  f"on {profile.meta.get('device', args.device)}")
+    for column in ("stage", "F (ms)", "B (ms)", "I (ms)", "W (ms)", "activations (MiB)", "sent (KiB)", "params"):
+        table.add_column(column, justify="right")
+    for s in range(c.stages):
+        table.add_row(str(s), f"{c.forward[s] * 1e3:.3f}", f"{c.backward(s) * 1e3:.3f}",
+                      f"{c.backward_input[s] * 1e3:.3f}", f"{c.backward_weight[s] * 1e3:.3f}",
+                      f"{c.activation_bytes[s] / 2**20:.2f}", f"{profile.stage_output_bytes[s] / 2**10:.1f}",
+                      f"{profile.stage_params[s]:,}")
+    console.print(table)
+    if profile.layers:
+        console.print(f"{len(profile.layers)} per-layer costs recorded for `ppc plan`")
+    console.print(f"wrote {args.output}")
+    return 0

@@ -1,0 +1,116 @@
+"""Predicted against measured: a simulated Timeline beside an executor trace.
+
+The trace is a Chrome/Perfetto JSON (`ppc run --trace FILE.json`): complete events
+(`"ph": "X"`, `ts` and `dur` in microseconds), one process (`pid`) per rank unless an
+event's `args.rank` says otherwise. Compute events are named like instructions
+(`2F0`, `1I3`); anything else (sends, receives, waits) counts as not busy. When events
+carry `args.step` (or else, per rank, by the STEP events before them), the step with
+the median makespan (after the first, a warm-up) is compared.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from ppc.errors import CostError
+
+_COMPUTE = re.compile(r"^\d+[FBIW]\d+$")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RankSide:
+    busy: float
+    idle: float
+    bubble: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Comparison:
+    """Per rank, predicted and measured busy/idle/bubble; both makespans (seconds)."""
+
+    predicted: tuple[RankSide, ...]
+    measured: tuple[RankSide, ...]
+    predicted_makespan: float
+    measured_makespan: float
+
+    @property
+    def error(self) -> float:
+        """(predicted - measured) / measured step time."""
+        return (self.predicted_makespan - self.measured_makespan) / self.measured_makespan
+
+
+def load_trace(path: str | Path) -> list[dict]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise CostError(f"{path}: no such trace file") from None
+    except json.JSONDecodeError as exc:
+        raise CostError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
+    events = data.get("traceEvents", []) if isinstance(data, dict) else data
+    return [e for e in events if e.get("ph") == "X"]
+
+
+def measured_sides(events: list[dict], ranks: int) -> tuple[tuple[RankSide, ...], float]:
+    """Per-rank busy/idle/bubble and the makespan of the compared step, in seconds."""
+    steps: dict[int, list[dict]] = {}
+    for event, step in zip(events, _step_numbers(events)):
+        steps.setdefault(step, []).append(event)
+    if not steps:
+        raise CostError("trace has no complete ('ph': 'X') events")
+    spans = {k: _span(v) for k, v in steps.items()}
+    keys = sorted(steps)[1:] if len(steps) > 2 else sorted(steps)
+    median = statistics.median_low(spans[k] for k in keys)
+    chosen = next(k for k in keys if spans[k] == median)
+    makespan = median / 1e6
+    busy = [0.0] * ranks
+    for event in steps[chosen]:
+        rank = int(event.get("args", {}).get("rank", event.get("pid", 0)))
+        if 0 <= rank < ranks and _COMPUTE.match(str(event.get("name", "")).strip()):
+            busy[rank] += float(event["dur"]) / 1e6
+    return tuple(_side(b, makespan) for b in busy), makespan
+
+
+def compare(timeline, events: list[dict]) -> Comparison:
+    """Lay a ppc.sim Timeline beside the measured events of one step."""
+    ranks = len(timeline.per_rank)
+    measured, makespan = measured_sides(events, ranks)
+    predicted = tuple(RankSide(busy=s.busy, idle=s.idle, bubble=s.bubble) for s in timeline.per_rank)
+    return Comparison(predicted=predicted, measured=measured, predicted_makespan=float(timeline.makespan),
+                      measured_makespan=makespan)
+
+
+def _step_numbers(events: list[dict]) -> list[int]:
+    """Each event's step: `args.step`, or else the count of STEP events its rank ran before it."""
+    if any("step" in e.get("args", {}) for e in events):
+        return [int(e.get("args", {}).get("step", 0)) for e in events]
+    seen: dict[int, int] = {}
+    out = []
+    for event in sorted(events, key=lambda e: e["ts"]):
+        rank = int(event.get("args", {}).get("rank", event.get("pid", 0)))
+        out.append((id(event), seen.get(rank, 0)))
+        if "STEP" in str(event.get("name", "")):
+            seen[rank] = seen.get(rank, 0) + 1
+    by_id = dict(out)
+    return [by_id[id(e)] for e in events]
+
+
+def _span(events: list[dict]) -> float:
+    return max(e["ts"] + e["dur"] for e in events) - min(e["ts"] for e in events)
+
+
+def _side(busy: float, makespan: float) -> RankSide:
+    idle = max(makespan - busy, 0.0)
+    return RankSide(busy=busy, idle=idle, bubble=idle / makespan if makespan > 0 else 0.0)
+
+
+def render_rows(comparison: Comparison) -> list[tuple[str, ...]]:
+    """Table rows for a CLI: rank, predicted busy/idle/bubble, measured busy/idle/bubble."""
+    rows = []
+    for rank, (p, m) in enumerate(zip(comparison.predicted, comparison.measured)):
+        rows.append((str(rank), f"{p.busy:.4g}", f"{p.idle:.4g}", f"{p.bubble:.1%}",
+                     f"{m.busy:.4g}", f"{m.idle:.4g}", f"{m.bubble:.1%}"))
+    return rows

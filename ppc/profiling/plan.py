@@ -1,0 +1,232 @@
+"""`ppc plan`: search schedules, virtual stages, microbatching and stage splits on
+measured costs, and rank the candidates by predicted step time.
+
+Every candidate is expanded by the language, compiled and simulated with the costs of
+its own split at its own microbatch size (scaling model: ppc/profiling/cost_profile.py),
+so a prediction here is exactly what `ppc simulate` prints for the same plan. Peak
+memory per rank is weights and optimizer state plus the activations the compute order
+keeps alive (ppc/profiling/memory.py). A candidate fits when every rank stays under the
+memory cap. torch is never imported.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from ppc.actions import ComputeOrder
+from ppc.errors import CostError, PpcError
+from ppc.profiling import zb_policy
+from ppc.profiling.cost_profile import CostProfile, StageCosts
+from ppc.profiling.memory import peak_activation_bytes, weight_bytes
+from ppc.profiling.split import balanced_split
+
+log = logging.getLogger(__name__)
+
+AUTO_ZB = "zb_auto"
+"""Name of the generated zero-bubble schedule among the candidates."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Candidate:
+    """One plan and its prediction."""
+
+    schedule: str
+    virtual: int
+    microbatches: int
+    microbatch_size: int
+    split: tuple[int, ...]
+    """Layers per stage (model order)."""
+    split_kind: str
+    """`balanced` (re-split on the costs) or `given` (the costs file's own split)."""
+    step_time: float
+    bubble: float
+    """Mean over ranks of idle time inside the step, as a fraction of the step."""
+    peak_bytes: tuple[int, ...]
+    """Per rank, weights and optimizer state plus peak activations."""
+    fits: bool
+    source: str = ""
+    """The .ppc text for a generated schedule ("" for a built-in)."""
+
+    @property
+    def stages(self) -> int:
+        return len(self.split)
+
+    def describe(self) -> str:
+        return (f"{self.schedule} V={self.virtual} M={self.microbatches}x{self.microbatch_size} "
+                f"split={'/'.join(map(str, self.split))}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanRequest:
+    ranks: int
+    global_batch: int
+    memory_cap: float | None = None
+    """Bytes per rank (None: unbounded)."""
+    schedules: tuple[str, ...] = ()
+    """Built-in names or .ppc paths to try (empty: every built-in)."""
+    virtual: tuple[int, ...] = (1, 2)
+    microbatch_sizes: tuple[int, ...] = ()
+    """Sizes to try (empty: every divisor of the global batch)."""
+    auto_zero_bubble: bool = True
+
+    def __post_init__(self) -> None:
+        if self.ranks < 1 or self.global_batch < 1:
+            raise CostError(f"plan needs ranks >= 1 and a global batch >= 1, got {self.ranks}, {self.global_batch}")
+
+
+def predict(order: ComputeOrder, stage_costs: StageCosts) -> float:
+    """Simulated step time of `order` with these stage costs (compile, validate, simulate)."""
+    from ppc.compiler import compile_program
+    from ppc.sim.timeline import simulate
+
+    graph = stage_costs.stage_graph()
+    program = compile_program(order, graph, costs=stage_costs.costs)
+    return float(simulate(program, stage_costs.costs, graph=graph).makespan)
+
+
+def evaluate(
+    order: ComputeOrder, stage_costs: StageCosts, *, profile: CostProfile, memory_cap: float | None,
+    schedule: str, split_kind: str, microbatch_size: int, source: str = "",
+) -> Candidate:
+    step = predict(order, stage_costs)
+    costs = stage_costs.costs
+    busy = [sum(costs.duration(a.kind.value, a.stage) for a in row) for row in order.compute]
+    bubble = sum(1 - b / step for b in busy) / len(busy) if step > 0 else 0.0
+    weights = weight_bytes(order, stage_costs.params, profile.bytes_per_param)
+    acts = peak_activation_bytes(order, costs)
+    peaks = tuple(w + a for w, a in zip(weights, acts))
+    return Candidate(
+        schedule=schedule, virtual=order.virtual, microbatches=order.microbatches,
+        microbatch_size=microbatch_size, split=stage_costs.split, split_kind=split_kind,
+        step_time=step, bubble=bubble, peak_bytes=peaks,
+        fits=memory_cap is None or max(peaks) <= memory_cap, source=source,
+    )
+
+
+def baseline(profile: CostProfile, *, schedule: str = "1f1b", microbatches: int,
+             memory_cap: float | None = None) -> Candidate:
+    """The costs file's own split, as given, under `schedule` with V = 1."""
+    from ppc.lang import load_schedule
+
+    order = load_schedule(schedule).expand(ranks=profile.stages, microbatches=microbatches, virtual=1)
+    return evaluate(order, profile.as_logged(), profile=profile, memory_cap=memory_cap,
+                    schedule=schedule, split_kind="given", microbatch_size=profile.microbatch_size)
+
+
+def search(profile: CostProfile, request: PlanRequest) -> list[Candidate]:
+    """All feasible candidates, best first: fitting ones by step time, then the rest."""
+    from ppc.lang import builtin_schedules, load_schedule
+
+    names = request.schedules or tuple(builtin_schedules())
+    schedules = {name: load_schedule(name) for name in names}
+    units = profile.layer_units()
+    weights = [u.total for u in units]
+    out: list[Candidate] = []
+    for virtual in request.virtual:
+        stages = request.ranks * virtual
+        if stages > len(units):
+            continue
+        splits = [("balanced", balanced_split(weights, stages))]
+        if profile.split and len(profile.split) == stages and profile.split != splits[0][1]:
+            splits.append(("given", profile.split))
+        for b in _sizes(request):
+            m = request.global_batch // b
+            for kind, split in splits:
+                costs = profile.grouped(split, microbatch_size=b)
+                for name, schedule in schedules.items():
+                    def expand_it(s=schedule, m=m, v=virtual):
+                        return s.expand(ranks=request.ranks, microbatches=m, virtual=v)
+
+                    out.extend(_try(expand_it, costs, profile, request, name, kind, b))
+                if request.auto_zero_bubble:
+                    out.extend(_auto_zb(costs, profile, request, virtual, m, b, kind))
+    if not out:
+        raise CostError(f"no schedule expands for {request.ranks} ranks and global batch {request.global_batch}")
+    return rank(out)
+
+
+NEAR_TIE = 0.01
+"""Candidates within this fraction of the fastest step time count as tied; less memory wins."""
+
+
+def rank(candidates: Iterable[Candidate]) -> list[Candidate]:
+    """Fitting before not fitting, then by step time; near-ties go to the smaller peak memory."""
+    ordered = sorted(candidates, key=lambda c: (not c.fits, c.step_time, max(c.peak_bytes)))
+    if not ordered:
+        return ordered
+    best = ordered[0]
+    tied = [c for c in ordered if c.fits == best.fits and c.step_time <= best.step_time * (1 + NEAR_TIE)]
+    tied.sort(key=lambda c: (max(c.peak_bytes), c.step_time))
+    return tied + [c for c in ordered if c not in tied]
+
+
+def _sizes(request: PlanRequest) -> list[int]:
+    sizes = request.microbatch_sizes or tuple(
+        b for b in range(1, request.global_batch + 1) if request.global_batch % b == 0
+    )
+    bad = [b for b in sizes if request.global_batch % b]
+    if bad:
+        raise CostError(f"microbatch size {bad[0]} does not divide the global batch {request.global_batch}")
+    return list(sizes)
+
+
+def _try(expand, costs: StageCosts, profile: CostProfile, request: PlanRequest, name: str,
+         split_kind: str, b: int, source: str = "") -> list[Candidate]:
+    try:
+        order = expand()
+        candidate = evaluate(order, costs, profile=profile, memory_cap=request.memory_cap,
+                             schedule=name, split_kind=split_kind, microbatch_size=b, source=source)
+    except PpcError as error:
+        log.info("skipping %s (V=%s, b=%s): %s", name, costs.costs.stages // request.ranks, b, error.message)
+        return []
+    return [candidate]
+
+
+def _auto_zb(costs: StageCosts, profile: CostProfile, request: PlanRequest, virtual: int,
+             m: int, b: int, split_kind: str) -> list[Candidate]:
+    """The best generated zero-bubble policy for this split and microbatching."""
+    from ppc.lang.expand import expand
+    from ppc.lang.parser import parse
+    from ppc.lang.placement import loop, vshape
+
+    placement = loop(request.ranks, virtual) if virtual == 1 else vshape(request.ranks, virtual)
+    retained = None
+    if request.memory_cap is not None:
+        try:
+            retained = zb_policy.memory_retained(
+                cap_bytes=request.memory_cap,
+                weight_bytes=_weights_by_rank(placement, costs.params, profile.bytes_per_param, request.ranks),
+                activation_bytes=costs.costs.activation_bytes or (0,) * len(placement),
+                placement=placement,
+            )
+        except CostError as error:
+            log.info("no zero-bubble policy for V=%s b=%s: %s", virtual, b, error.message)
+            return []
+    best: list[Candidate] = []
+    for knobs in zb_policy.variants(ranks=request.ranks, virtual=virtual, retained=retained):
+        text = zb_policy.generate(knobs)
+        found = _try(lambda t=text: expand(parse(t, f"{AUTO_ZB}.ppc"), ranks=request.ranks,
+                                           microbatches=m, virtual=virtual),
+                     costs, profile, request, AUTO_ZB, split_kind, b, source=text)
+        best = rank(best + found)[:1]
+    return best
+
+
+def _weights_by_rank(placement: Sequence[int], params: Sequence[int], per_param: float, ranks: int) -> tuple[int, ...]:
+    out = [0.0] * ranks
+    for stage, rank in enumerate(placement):
+        out[rank] += params[stage] * per_param if params else 0
+    return tuple(int(w) for w in out)
+
+
+def calibrate_scale(profile_for: Callable[[float], CostProfile], measured: float, *, microbatches: int,
+                    schedule: str = "1f1b", rounds: int = 4) -> float:
+    """The factor on all compute times that makes `schedule` on the profile's own split
+    predict the `measured` step time (fixed-point iteration; transfers are not scaled)."""
+    scale = 1.0
+    for _ in range(rounds):
+        predicted = baseline(profile_for(scale), schedule=schedule, microbatches=microbatches).step_time
+        scale *= measured / predicted
+    return scale
