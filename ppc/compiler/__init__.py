@@ -1,1 +1,30 @@
-"""The compiler: compute orders + stage graph -> per-rank instruction lists."""
+"""The compiler: compute orders + stage graph -> per-rank instruction lists.
+
+`compile_program` reads as its list of passes: lower (which checks the compute order
+and times it to place communication), then validate the program it produced, so that
+nothing invalid is ever emitted.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ppc.actions import ComputeOrder
+    from ppc.compiler.instructions import Program
+    from ppc.compiler.stage_graph import StageGraph
+    from ppc.costs import CostModel
+
+__all__ = ["compile_program"]
+
+
+def compile_program(
+    order: ComputeOrder, graph: StageGraph | None = None, *, costs: CostModel | None = None
+) -> Program:
+    """Lower `order` and validate the result; raises ValidationError / DeadlockError."""
+    from ppc.compiler.lower import lower
+    from ppc.sim.validate import validate
+
+    program = lower(order, graph, costs=costs)
+    validate(program, graph)
+    return program

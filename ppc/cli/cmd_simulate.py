@@ -1,0 +1,177 @@
+"""`ppc simulate`: lower, validate and time schedules; bubble, memory, Gantt, traces."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from ppc.errors import PpcError
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "simulate",
+        help="validate and time schedules: bubble, peak memory, critical path, pictures",
+        description=__doc__,
+    )
+    parser.add_argument(
+        "schedules",
+        metavar="SCHEDULE",
+        nargs="+",
+        help="built-in name, .ppc path or .csv path; NAME:V sets that schedule's V (for --compare)",
+    )
+    parser.add_argument("-r", "--ranks", type=int, help="pipeline ranks R (a CSV gives its own)")
+    parser.add_argument("-m", "--microbatches", type=int, help="microbatches M per step")
+    parser.add_argument("--virtual", type=int, default=None, help="stages per rank V")
+    parser.add_argument("--placement", choices=("loop", "v"), help="override the schedule's placement")
+    parser.add_argument(
+        "--costs",
+        metavar="SPEC",
+        help="F=1,I=1,W=1[,latency=..,bandwidth=..] or a costs .json file (default: F=I=W=1)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--out", metavar="FILE", help="write the timeline: .svg/.png/.html picture or .json trace"
+    )
+    parser.add_argument("--compare", action="store_true", help="compare the schedules side by side")
+    parser.add_argument("--width", type=int, default=None, help="terminal Gantt width in cells")
+    return parser
+
+
+def split_virtual(spec: str, default: int | None) -> tuple[str, int | None]:
+    """`interleaved_1f1b:2` -> ("interleaved_1f1b", 2); without a suffix, `default`."""
+    name, sep, tail = spec.rpartition(":")
+    if sep and tail.isdigit():
+        return name, int(tail)
+    return spec, default
+
+
+def _is_file(spec: str | None) -> bool:
+    return spec is not None and (spec.endswith(".json") or Path(spec).is_file())
+
+
+def per_model(costs, virtual: int):
+    """Scale scalar costs for a split into V stages per rank: each stage is 1/V of the
+    one-stage-per-rank split, so schedules with different V compare on the same model."""
+    scale = 1.0 / virtual
+    return dataclasses.replace(
+        costs,
+        forward=tuple(c * scale for c in costs.forward),
+        backward_input=tuple(c * scale for c in costs.backward_input),
+        backward_weight=tuple(c * scale for c in costs.backward_weight),
+        activation_bytes=tuple(round(b * scale) for b in costs.activation_bytes),
+    )
+
+
+def simulate_schedule(spec: str, args: argparse.Namespace):
+    """Expand, lower (placing transfers with the same costs), validate and time one schedule."""
+    from ppc.compiler.lower import lower
+    from ppc.costs import CostModel
+    from ppc.lang import load_schedule
+    from ppc.sim.timeline import simulate
+    from ppc.sim.validate import check
+
+    name, virtual = split_virtual(spec, args.virtual)
+    order = load_schedule(name).expand(
+        ranks=args.ranks, microbatches=args.microbatches, virtual=virtual, placement=args.placement
+    )
+    costs = CostModel.load(args.costs, order.stages)
+    if args.compare and order.virtual > 1 and not _is_file(args.costs):
+        costs = per_model(costs, order.virtual)
+    program = lower(order, costs=costs)
+    return simulate(program, costs, checked=check(program))
+
+
+def run(args: argparse.Namespace) -> int:
+    import gc
+
+    gc.disable()  # millions of small acyclic objects: the cyclic collector only costs time
+    try:
+        timelines = [simulate_schedule(spec, args) for spec in args.schedules]
+    finally:
+        gc.enable()
+    if len(timelines) > 1 and not args.compare:
+        raise PpcError("several schedules given: add --compare to see them side by side")
+    if args.out:
+        _write_out(timelines, args.out)
+    if args.json:
+        from ppc.sim.report import summary, to_json
+
+        doc = [summary(t) for t in timelines] if args.compare else to_json(timelines[0])
+        sys.stdout.write(json.dumps(doc) + "\n")
+        return 0
+    from rich.console import Console
+
+    console = Console()
+    if args.compare:
+        console.print(_compare_table(timelines))
+        if any(t.program.virtual > 1 for t in timelines) and not _is_file(args.costs):
+            console.print(
+                "note: the same model in every column: with V stages per rank each stage costs 1/V "
+                "of the given costs (and 1/V of the activation bytes); peak activations count "
+                "(stage, microbatch) sets, so with V > 1 each set is 1/V as large"
+            )
+        return 0
+    timeline = timelines[0]
+    console.print(_rank_table(timeline))
+    from ppc.sim.gantt import gantt
+
+    console.print(gantt(timeline, width=args.width or max(20, console.width - 10)), soft_wrap=True)
+    for note in timeline.program.notes:
+        console.print(f"note: {note}")
+    return 0
+
+
+def _write_out(timelines, out: str) -> None:
+    if out.endswith(".json"):
+        from ppc.sim.trace import write_trace
+
+        if len(timelines) > 1:
+            raise PpcError("--out trace.json takes one schedule")
+        write_trace(timelines[0], out)
+        return
+    from ppc.sim.plot import FORMATS, draw
+
+    if not out.endswith(FORMATS):
+        raise PpcError(f"--out {out}: expected a file ending in .json, {', '.join(FORMATS)}")
+    draw(timelines, out)
+
+
+def _rank_table(timeline):
+    from rich.table import Table
+
+    program = timeline.program
+    title = (
+        f"{program.schedule}: R={program.ranks} M={program.microbatches} S={program.stages}  "
+        f"makespan {timeline.makespan:g} {timeline.costs.unit}  bubble {timeline.bubble:.2%}"
+    )
+    table = Table(title=title)
+    for name in ("rank", "busy", "idle", "bubble", "peak activations", "peak bytes"):
+        table.add_column(name, justify="right")
+    for s in timeline.per_rank:
+        table.add_row(
+            str(s.rank), f"{s.busy:g}", f"{s.idle:g}", f"{s.bubble:.2%}", str(s.peak_activations),
+            "-" if s.peak_bytes is None else f"{s.peak_bytes:,}",
+        )
+    return table
+
+
+def _compare_table(timelines):
+    from rich.table import Table
+
+    from ppc.sim.report import summary
+
+    table = Table(title="schedules side by side")
+    for name in ("schedule", "R", "M", "S", "makespan", "bubble", "peak activations", "peak bytes"):
+        table.add_column(name, justify="left" if name == "schedule" else "right")
+    for t in timelines:
+        row = summary(t)
+        table.add_row(
+            row["schedule"], str(row["ranks"]), str(row["microbatches"]), str(row["stages"]),
+            f"{row['makespan']:g}", f"{row['bubble']:.2%}", str(row["peak_activations"]),
+            "-" if row["peak_bytes"] is None else f"{row['peak_bytes']:,}",
+        )
+    return table

@@ -1,0 +1,55 @@
+"""A terminal Gantt chart of a timeline, as a rich Text (the CLI prints it)."""
+
+from __future__ import annotations
+
+from ppc.sim.timeline import Timeline
+from rich.text import Text
+
+from ppc.compiler import opcodes as opc
+
+STYLE = {"F": "black on cyan", "B": "black on magenta", "I": "black on yellow", "W": "black on green"}
+IDLE = "·"
+
+
+def gantt(timeline: Timeline, *, width: int = 100) -> Text:
+    """One row per rank; each cell shows the compute op that covers most of its time.
+
+    When a cell is at most one time unit wide and an op starts in it, the cell shows
+    the op's microbatch (last digit) instead of its kind.
+    """
+    program = timeline.program
+    span = timeline.makespan or 1.0
+    cells = max(10, min(width, 10_000))
+    step = span / cells
+    out = Text()
+    label = len(f"rank {program.ranks - 1}")
+    for rank in range(program.ranks):
+        cover = [0.0] * cells
+        kind = [""] * cells
+        mark = [""] * cells
+        base = timeline.offset[rank]
+        for i, instr in enumerate(program.instructions[rank]):
+            if opc.CODE[instr.op._value_] > opc.W:
+                continue
+            start, end = timeline.start[base + i], timeline.end[base + i]
+            first = min(int(start / step), cells - 1)
+            last = min(int(end / step - 1e-9), cells - 1)
+            for c in range(first, last + 1):
+                lo, hi = max(start, c * step), min(end, (c + 1) * step)
+                if hi - lo > cover[c]:
+                    cover[c], kind[c] = hi - lo, instr.op.value
+            if not mark[first] and end - start >= step:
+                mark[first] = str(instr.mb % 10)
+        out.append(f"rank {rank}".ljust(label) + " ")
+        for c in range(cells):
+            if kind[c]:
+                out.append(mark[c] or kind[c], style=STYLE[kind[c]])
+            else:
+                out.append(IDLE, style="dim")
+        out.append("\n")
+    out.append(" " * (label + 1))
+    for k in "FBIW":
+        out.append(f" {k} ", style=STYLE[k])
+        out.append(" ")
+    out.append(f"  {IDLE} idle   makespan {timeline.makespan:g} {timeline.costs.unit}\n")
+    return out

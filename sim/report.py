@@ -1,0 +1,47 @@
+"""Plain-data reports of a timeline: the `--json` document and comparison rows."""
+
+from __future__ import annotations
+
+from ppc.sim.timeline import Timeline
+
+
+def to_json(timeline: Timeline) -> dict:
+    """The `ppc simulate --json` document."""
+    program = timeline.program
+    return {
+        "schedule": program.schedule,
+        "ranks": program.ranks,
+        "stages": program.stages,
+        "microbatches": program.microbatches,
+        "unit": timeline.costs.unit,
+        "makespan": timeline.makespan,
+        "bubble": timeline.bubble,
+        "per_rank": [
+            {
+                "rank": s.rank,
+                "busy": s.busy,
+                "idle": s.idle,
+                "bubble": s.bubble,
+                "peak_activations": s.peak_activations,
+                "peak_bytes": s.peak_bytes,
+            }
+            for s in timeline.per_rank
+        ],
+        "critical_path": [span.to_json() for span in timeline.critical_path],
+        "notes": list(program.notes),
+    }
+
+
+def summary(timeline: Timeline) -> dict:
+    """One comparison row: what a user asks first about a schedule."""
+    peaks_bytes = [s.peak_bytes for s in timeline.per_rank if s.peak_bytes is not None]
+    return {
+        "schedule": timeline.program.schedule,
+        "ranks": timeline.program.ranks,
+        "stages": timeline.program.stages,
+        "microbatches": timeline.program.microbatches,
+        "makespan": timeline.makespan,
+        "bubble": timeline.bubble,
+        "peak_activations": timeline.peak_activations,
+        "peak_bytes": max(peaks_bytes) if peaks_bytes else None,
+    }
