@@ -18,9 +18,11 @@ COMMANDS: tuple[str, ...] = (
     # subcommand name -> module ppc.cli.cmd_<name>
     "schedules",
     "compile",
+    "simulate",
     "profile",
     "plan",
     "run",
+    "inspect",
 )
 
 EXIT_USAGE = 2

@@ -1,0 +1,63 @@
+"""The settings of one training run, shared by the pipeline, the reference loop and the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ppc.errors import RunError
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunConfig:
+    model: str = "tiny-llama"
+    """Preset name or local Hugging Face directory."""
+    schedule: str = "1f1b"
+    """Built-in schedule name, .ppc file or torch compute-only .csv file."""
+    ranks: int = 4
+    """Pipeline ranks R; the world size must equal it."""
+    virtual: int = 1
+    """Stages per rank V (S = R * V)."""
+    placement: str | None = None
+    """None: the schedule's own placement; "loop" or "v" overrides it."""
+    split: str = "cost"
+    """How the model is cut into stages: "cost", "layers" or "params"."""
+    microbatches: int = 8
+    microbatch_size: int = 1
+    seq_len: int = 64
+    steps: int = 20
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    """The cosine decays to lr * min_lr_ratio at the last step."""
+    warmup: int = 2
+    weight_decay: float = 0.1
+    clip: float | None = 1.0
+    """Max global gradient norm; None or 0 disables clipping."""
+    seed: int = 0
+    data: str | None = None
+    """.txt or .jsonl file; None = the embedded Python documentation corpus."""
+    tokenizer: str | None = None
+    """Local Hugging Face tokenizer directory; None = bytes (vocab 256)."""
+    device: str = "cpu"
+    dtype: str = "fp32"
+    """"fp32" or "bf16" (autocast; weights and optimizer stay fp32)."""
+    metrics: str | None = None
+    save: str | None = None
+    checkpoint_every: int = 0
+    checkpoint_dir: str | None = None
+    resume: str | None = None
+    trace: str | None = None
+    timeout: float = 300.0
+    """Seconds a collective or point-to-point op may wait before the run fails."""
+
+    def __post_init__(self) -> None:
+        for name in ("ranks", "virtual", "microbatches", "microbatch_size", "seq_len", "steps"):
+            if getattr(self, name) < 1:
+                raise RunError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.dtype not in ("fp32", "bf16"):
+            raise RunError(f"--dtype must be fp32 or bf16, got {self.dtype!r}")
+        if self.warmup < 0:
+            raise RunError(f"--warmup must be >= 0, got {self.warmup}")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.microbatches * self.microbatch_size * self.seq_len

@@ -1,0 +1,159 @@
+"""Process launch and fault reporting.
+
+Outside torchrun, `ppc run --nproc-per-node N` starts N workers through
+torch.distributed's elastic launcher (as `torchrun --standalone` would). When a worker
+fails, the agent stops the others, so no rank hangs on a dead peer. Each worker keeps a
+small status file (pid, step, current instruction) so that even a rank killed by a
+signal can be reported with the instruction it was on.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+__all__ = ["StatusBoard", "describe_failure", "self_launch", "under_torchrun"]
+
+STATUS_ENV = "PPC_STATUS_DIR"
+_SLOT = 160
+
+
+def under_torchrun() -> bool:
+    """Whether this process is a worker started by torchrun (or the self-launcher)."""
+    return all(key in os.environ for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+
+
+class StatusBoard:
+    """This worker's status slot: `pid step instruction`, rewritten at every instruction."""
+
+    def __init__(self, directory: str | None, rank: int):
+        self.rank = rank
+        self.step, self.instruction = -1, "start-up"
+        self._map = None
+        if directory:
+            path = Path(directory) / f"rank-{rank}.status"
+            path.write_bytes(b" " * _SLOT)
+            self._file = path.open("r+b")
+            self._map = mmap.mmap(self._file.fileno(), _SLOT)
+            self._write()
+
+    def update(self, step: int, instruction) -> None:
+        self.step, self.instruction = step, str(instruction)
+        if self._map is not None:
+            self._write()
+
+    def _write(self) -> None:
+        text = f"{os.getpid()} {self.step} {self.instruction}".encode()[: _SLOT - 1]
+        self._map[:_SLOT] = text.ljust(_SLOT)
+
+    def where(self) -> str:
+        if self.step < 0:
+            return f"during {self.instruction}"
+        return f"at instruction {self.instruction} (step {self.step + 1})"
+
+    def fail(self, message: str) -> None:
+        if self._map is not None:
+            path = Path(self._file.name).with_suffix(".error")
+            path.write_text(f"{time.time()}\n{message}\n")
+
+
+def read_status(directory: Path, rank: int) -> tuple[int, int, str] | None:
+    """(pid, step, instruction) from a worker's status file, or None."""
+    try:
+        fields = (directory / f"rank-{rank}.status").read_text().split()
+    except OSError:
+        return None
+    if len(fields) < 3:
+        return None
+    return int(fields[0]), int(fields[1]), " ".join(fields[2:])
+
+
+def _error_of(directory: Path, rank: int) -> tuple[float, str] | None:
+    try:
+        stamp, message = (directory / f"rank-{rank}.error").read_text().split("\n", 1)
+        return float(stamp), message.strip()
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Failure:
+    rank: int
+    exitcode: int
+
+
+def describe_failure(directory: Path, failures: list[Failure]) -> str:
+    """One line naming the rank that failed first and the instruction it was on.
+
+    A rank that raised (not over a lost peer) or was killed by a signal other than the
+    launcher's SIGTERM is the cause; ranks that lost a peer or were stopped come after.
+    """
+    def rank_key(failure: Failure):
+        error = _error_of(directory, failure.rank)
+        if error is not None and not _is_peer_loss(error[1]):
+            return (0, error[0])
+        if failure.exitcode < 0 and -failure.exitcode != signal.SIGTERM:
+            return (1, 0.0)
+        if error is not None:
+            return (2, error[0])
+        return (3, 0.0)
+
+    cause = min(failures, key=rank_key)
+    error = _error_of(directory, cause.rank)
+    if error is not None:
+        return error[1]
+    status = read_status(directory, cause.rank)
+    where = ""
+    if status is not None:
+        _, step, instruction = status
+        where = f" during {instruction}" if step < 0 else f" at instruction {instruction} (step {step + 1})"
+    if cause.exitcode < 0:
+        try:
+            name = signal.Signals(-cause.exitcode).name
+        except ValueError:
+            name = f"signal {-cause.exitcode}"
+        return f"rank {cause.rank} was killed by {name}{where}"
+    return f"rank {cause.rank} exited with code {cause.exitcode}{where}"
+
+
+def _is_peer_loss(message: str) -> bool:
+    lowered = message.lower()
+    return any(s in lowered for s in ("connection closed", "connection reset", "broken pipe", "peer"))
+
+
+def self_launch(argv: list[str], *, nproc: int, monitor_interval: float = 0.2) -> tuple[int, str]:
+    """Run `python -m ppc <argv>` on `nproc` local workers; (exit code, failure line or "")."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    status_dir = os.environ.get(STATUS_ENV) or tempfile.mkdtemp(prefix="ppc-status-")
+    os.environ[STATUS_ENV] = status_dir
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
+        monitor_interval=monitor_interval,
+    )
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+    try:
+        elastic_launch(config, sys.executable)("-u", "-m", "ppc", *argv)
+    except ChildFailedError as error:
+        failures = [Failure(rank=r, exitcode=f.exitcode) for r, f in error.failures.items()]
+        codes = {f.exitcode for f in failures}
+        code = 2 if codes == {2} else 1
+        return code, describe_failure(Path(status_dir), failures)
+    return 0, ""

@@ -1,0 +1,71 @@
+"""What every rank agrees on before training: the program, the split model, and how to
+materialize one stage. Built from the real language, compiler and frontend."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from ppc.exec.config import RunConfig
+
+from ppc.compiler.instructions import Program
+from ppc.errors import RunError
+
+__all__ = ["Plan", "build_order", "build_plan", "check_model"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    program: Program
+    split: object
+    """A ppc.frontend.SplitModel (or the same shape): graph, stages, batch_inputs, loss_name."""
+    materialize: Callable[[int, torch.device], torch.nn.Module]
+    """Real-weight module of one stage on a device; only that stage's weights."""
+    model: str
+    """Preset or directory, for the merged Hugging Face checkpoint."""
+
+
+def build_order(config: RunConfig):
+    """The schedule expanded for R, M, V; raises ScheduleError / ConstraintError."""
+    from ppc.lang import load_schedule
+
+    schedule = load_schedule(config.schedule)
+    return schedule.expand(
+        ranks=config.ranks,
+        microbatches=config.microbatches,
+        virtual=config.virtual,
+        placement=config.placement,
+    )
+
+
+def check_model(config: RunConfig) -> None:
+    """Fail early on an unknown model or a sequence length beyond the model's limit."""
+    from ppc.frontend import build_model
+
+    model = build_model(config.model, device="meta", seed=config.seed)
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if limit is not None and config.seq_len > limit:
+        raise RunError(f"--seq-len {config.seq_len} exceeds {config.model}'s limit of {limit} positions")
+
+
+def build_plan(config: RunConfig) -> Plan:
+    """Expand, split and compile: the same deterministic plan on every rank."""
+    from ppc.compiler import compile_program
+    from ppc.frontend import build_split, materialize_stage
+
+    order = build_order(config)
+    split = build_split(
+        config.model,
+        stages=order.stages,
+        seq_len=config.seq_len,
+        microbatch_size=config.microbatch_size,
+        by=config.split,
+        seed=config.seed,
+    )
+    program = compile_program(order, split.graph)
+
+    def materialize(stage: int, device: torch.device) -> torch.nn.Module:
+        return materialize_stage(split, stage, device=device, seed=config.seed)
+
+    return Plan(program=program, split=split, materialize=materialize, model=config.model)

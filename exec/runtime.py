@@ -1,0 +1,380 @@
+"""The instruction interpreter: runs one rank's program for one training step.
+
+Dispatch goes through one `{Op: handler}` table built once. Adjacent communication
+instructions form a group posted as one batch_isend_irecv; a received tensor is waited
+for only by the op that reads it. Values handed between stages of the same rank never
+touch the transport. Every stage input that comes from another stage is a fresh leaf,
+so each stage's backward stops at its own inputs and hands their gradients on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from ppc.exec.autograd_split import backward_full, backward_input, backward_weight, free_storage
+from ppc.exec.p2p import BufferPool, Pending, Transport, spec_dtype
+
+from ppc.compiler.instructions import Instruction, Op, Program
+from ppc.compiler.stage_graph import INPUT
+from ppc.errors import RunError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RankRuntime"]
+
+
+@dataclass(slots=True)
+class _Act:
+    """What the forward of one (stage, mb) leaves for its backward."""
+
+    inputs: list[tuple[str, torch.Tensor]]
+    """Stage inputs that want a gradient (leaves), by value name."""
+    outputs: list[tuple[str, torch.Tensor]]
+    """Outputs a gradient can flow into: the loss and values with grad-needing consumers."""
+    roots: list[torch.Tensor] = field(default_factory=list)
+    grads: list[torch.Tensor] = field(default_factory=list)
+    buffers: list[torch.Tensor] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Comm:
+    """The sends and receives one group of comm instructions posts together."""
+
+    sends: list = field(default_factory=list)
+    recvs: list = field(default_factory=list)
+    after_post: list[Callable[[Pending], None]] = field(default_factory=list)
+
+
+class RankRuntime:
+    """Interprets `program.instructions[rank]` over the stage modules this rank owns."""
+
+    def __init__(
+        self,
+        *,
+        program: Program,
+        split,
+        rank: int,
+        modules: dict[int, torch.nn.Module],
+        device: torch.device,
+        autocast_dtype: torch.dtype | None = None,
+        on_reduce_tied: Callable[[Instruction], None] | None = None,
+        on_step: Callable[[], None] | None = None,
+        observer: Callable[[int, Instruction], None] | None = None,
+        trace: bool = False,
+    ):
+        self.program, self.split, self.rank = program, split, rank
+        self.modules, self.device, self.autocast_dtype = modules, device, autocast_dtype
+        self.instructions = program.instructions[rank]
+        self.groups = _groups(self.instructions)
+        self.values = {v.name: v for v in split.graph.values}
+        self.params = {s: [p for p in m.parameters() if p.requires_grad] for s, m in modules.items()}
+        self.pool = BufferPool(device)
+        self.transport = Transport(device=device, pool=self.pool)
+        self._on_reduce_tied, self._on_step, self._observer = on_reduce_tied, on_step, observer
+        self._uses = self._count_uses()
+        self.trace_records: list[tuple[str, float, float]] | None = [] if trace else None
+        self.current: tuple[int, Instruction] | None = None
+        self.handlers: dict[Op, Callable] = {
+            Op.F: self._forward,
+            Op.B: self._backward_full,
+            Op.I: self._backward_input,
+            Op.W: self._backward_weight,
+            Op.SEND_F: self._send_f,
+            Op.RECV_F: self._recv_f,
+            Op.SEND_B: self._send_b,
+            Op.RECV_B: self._recv_b,
+            Op.REDUCE_TIED: self._reduce_tied,
+            Op.STEP: self._step,
+        }
+
+    # ----- the step loop -------------------------------------------------------------
+
+    def run_step(self, step: int, batch: list[dict[str, torch.Tensor]]) -> dict[int, float]:
+        """Run the program once; returns {mb: loss} where this rank computes the loss."""
+        self._begin(step, batch)
+        for start, end, is_comm in self.groups:
+            if is_comm:
+                self._run_comm(step, self.instructions[start:end])
+            else:
+                self._run_compute(step, self.instructions[start])
+        self._wait_all()
+        losses = {mb: float(loss) for mb, loss in self._losses.items()}
+        self._end()
+        return losses
+
+    def _begin(self, step: int, batch: list[dict[str, torch.Tensor]]) -> None:
+        self._step_index = step
+        self._batch = batch
+        self._fwd: dict[tuple[str, int], tuple[torch.Tensor, Pending | None]] = {}
+        self._left = Counter(self._uses)
+        self._out_grads: dict[tuple[str, int], list[tuple[torch.Tensor, Pending | None]]] = {}
+        self._in_grads: dict[tuple[str, int], torch.Tensor] = {}
+        self._acts: dict[tuple[int, int], _Act] = {}
+        self._losses: dict[int, torch.Tensor] = {}
+        self._inflight: list[Pending] = []
+        self._step_buffers: list[torch.Tensor] = []
+
+    def _end(self) -> None:
+        for buf in self._step_buffers:
+            self.pool.give(buf)
+        if self._acts:
+            left = ", ".join(f"{s}:{m}" for s, m in self._acts)
+            raise RunError(f"rank {self.rank}: backward never ran for (stage:mb) {left}")
+        self._begin(self._step_index, [])
+
+    def _run_compute(self, step: int, ins: Instruction) -> None:
+        self.current = (step, ins)
+        if self._observer is not None:
+            self._observer(step, ins)
+        handler = self.handlers.get(ins.op)
+        if handler is None:
+            raise RunError(f"rank {self.rank}: no handler for instruction {ins}")
+        start = time.perf_counter()
+        handler(ins)
+        self._record(str(ins), start)
+
+    def _run_comm(self, step: int, group: tuple[Instruction, ...]) -> None:
+        self.current = (step, group[0])
+        if self._observer is not None:
+            self._observer(step, group[0])
+        start = time.perf_counter()
+        comm = _Comm()
+        for ins in group:
+            self.handlers[ins.op](ins, comm)
+        pending = self.transport.post(comm.sends, comm.recvs)
+        for callback in comm.after_post:
+            callback(pending)
+        self._inflight.append(pending)
+        if self.trace_records is not None:
+            self._record(" ".join(f"{i}{'>' if i.op.is_send else '<'}{i.peer}" for i in group), start)
+
+    def _record(self, name: str, start: float) -> None:
+        if self.trace_records is not None:
+            self.trace_records.append((name, start, time.perf_counter()))
+
+    def _wait_all(self) -> None:
+        for pending in self._inflight:
+            pending.wait()
+        self._inflight.clear()
+
+    # ----- compute ---------------------------------------------------------------------
+
+    def _forward(self, ins: Instruction) -> None:
+        stage = self.split.stages[ins.stage]
+        args, leaves = [], []
+        for name in stage.inputs:
+            tensor = self._input(name, ins)
+            args.append(tensor)
+            if tensor.requires_grad:
+                leaves.append((name, tensor))
+        with self._autocast():
+            outs = self.modules[ins.stage](*args)
+        if isinstance(outs, torch.Tensor):
+            outs = (outs,)
+        keep = []
+        for name, out in zip(stage.outputs, outs):
+            if name == self.split.loss_name:
+                self._losses[ins.mb] = out.detach()
+                keep.append((name, out))
+                continue
+            if self._left[(name, ins.mb)]:
+                self._fwd[(name, ins.mb)] = (out, None)
+            value = self.values.get(name)
+            if value is not None and value.requires_grad and out.requires_grad:
+                keep.append((name, out))
+        self._acts[(ins.stage, ins.mb)] = _Act(inputs=leaves, outputs=keep)
+
+    def _input(self, name: str, ins: Instruction) -> torch.Tensor:
+        value = self.values.get(name)
+        if value is None or value.producer == INPUT:
+            batch = self._batch[ins.mb]
+            if name not in batch:
+                raise RunError(f"rank {self.rank}: stage {ins.stage} reads unknown input {name!r}")
+            return batch[name].to(self.device, non_blocking=True)
+        tensor = self._fetch(name, ins.mb, ins)
+        wants_grad = value.requires_grad and tensor.is_floating_point()
+        return tensor.detach().requires_grad_(wants_grad)
+
+    def _fetch(self, name: str, mb: int, ins: Instruction) -> torch.Tensor:
+        slot = self._fwd.get((name, mb))
+        if slot is None:
+            raise RunError(f"rank {self.rank}: {ins} needs {name!r} of microbatch {mb}, never received")
+        tensor, pending = slot
+        if pending is not None:
+            pending.wait()
+        self._use(name, mb)
+        return tensor
+
+    def _use(self, name: str, mb: int) -> None:
+        self._left[(name, mb)] -= 1
+        if self._left[(name, mb)] <= 0:
+            self._fwd.pop((name, mb), None)
+
+    def _roots(self, ins: Instruction) -> tuple[_Act, list[torch.Tensor], list[torch.Tensor]]:
+        act = self._acts.get((ins.stage, ins.mb))
+        if act is None:
+            raise RunError(f"rank {self.rank}: {ins} runs before the forward of its microbatch")
+        roots, grads = [], []
+        for name, out in act.outputs:
+            if name == self.split.loss_name:
+                grad = torch.full_like(out, 1.0 / self.program.microbatches)
+            else:
+                grad = self._grad_of(name, ins.mb, act)
+                if grad is None:
+                    continue
+                grad = grad.to(out.dtype)
+            roots.append(out)
+            grads.append(grad)
+        return act, roots, grads
+
+    def _grad_of(self, name: str, mb: int, act: _Act) -> torch.Tensor | None:
+        total = None
+        for grad, pending in self._out_grads.pop((name, mb), []):
+            if pending is not None:
+                pending.wait()
+                act.buffers.append(grad)
+            total = grad if total is None else total + grad
+        return total
+
+    def _hand_back(self, ins: Instruction, act: _Act, grads) -> None:
+        for (name, _leaf), grad in zip(act.inputs, grads):
+            if grad is None:
+                continue
+            value = self.values[name]
+            if self.program.placement[value.producer] == self.rank:
+                self._out_grads.setdefault((name, ins.mb), []).append((grad, None))
+            else:
+                key = (name, ins.mb)
+                self._in_grads[key] = grad if key not in self._in_grads else self._in_grads[key] + grad
+
+    def _release(self, ins: Instruction, act: _Act) -> None:
+        del self._acts[(ins.stage, ins.mb)]
+        for buf in act.buffers:
+            self.pool.give(buf)
+
+    def _backward_full(self, ins: Instruction) -> None:
+        act, roots, grads = self._roots(ins)
+        leaves = [leaf for _, leaf in act.inputs]
+        self._hand_back(ins, act, backward_full(roots, grads, leaves, self.params[ins.stage]))
+        self._release(ins, act)
+
+    def _backward_input(self, ins: Instruction) -> None:
+        act, roots, grads = self._roots(ins)
+        act.roots, act.grads = roots, grads
+        self._hand_back(ins, act, backward_input(roots, grads, [leaf for _, leaf in act.inputs]))
+
+    def _backward_weight(self, ins: Instruction) -> None:
+        act = self._acts.get((ins.stage, ins.mb))
+        if act is None:
+            raise RunError(f"rank {self.rank}: {ins} runs before the I of its microbatch")
+        backward_weight(act.roots, act.grads, self.params[ins.stage])
+        self._release(ins, act)
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    # ----- communication ------------------------------------------------------------
+
+    def _send_f(self, ins: Instruction, comm: _Comm) -> None:
+        tensors, originals = [], []
+        for spec in ins.tensors:
+            tensor, _ = self._fwd.get((spec.name, ins.mb), (None, None))
+            if tensor is None:
+                raise RunError(f"rank {self.rank}: {ins} sends {spec.name!r}, never computed")
+            tensors.append(tensor.detach().to(spec_dtype(spec)).contiguous())
+            self._left[(spec.name, ins.mb)] -= 1
+            if self._left[(spec.name, ins.mb)] <= 0:
+                self._fwd.pop((spec.name, ins.mb), None)
+                originals.append(tensor)
+        comm.sends.append((ins.peer, tensors))
+        comm.after_post.append(lambda p: p.on_done.extend(_freer(originals, tensors)))
+
+    def _send_b(self, ins: Instruction, comm: _Comm) -> None:
+        tensors = []
+        for spec in ins.tensors:
+            grad = self._in_grads.pop((spec.name, ins.mb), None)
+            if grad is None:
+                grad = torch.zeros(spec.shape, dtype=spec_dtype(spec), device=self.device)
+            tensors.append(grad.to(spec_dtype(spec)).contiguous())
+        comm.sends.append((ins.peer, tensors))
+        comm.after_post.append(lambda p: p.on_done.append(lambda: tensors.clear()))
+
+    def _recv_f(self, ins: Instruction, comm: _Comm) -> None:
+        bufs = [self.pool.take(spec) for spec in ins.tensors]
+        self._step_buffers.extend(bufs)
+        comm.recvs.append((ins.peer, bufs))
+
+        def fill(pending: Pending) -> None:
+            for spec, buf in zip(ins.tensors, bufs):
+                self._fwd[(spec.name, ins.mb)] = (buf, pending)
+
+        comm.after_post.append(fill)
+
+    def _recv_b(self, ins: Instruction, comm: _Comm) -> None:
+        bufs = [self.pool.take(spec) for spec in ins.tensors]
+        comm.recvs.append((ins.peer, bufs))
+
+        def fill(pending: Pending) -> None:
+            for spec, buf in zip(ins.tensors, bufs):
+                self._out_grads.setdefault((spec.name, ins.mb), []).append((buf, pending))
+
+        comm.after_post.append(fill)
+
+    # ----- step-level -----------------------------------------------------------------
+
+    def _reduce_tied(self, ins: Instruction) -> None:
+        if self._on_reduce_tied is not None:
+            self._on_reduce_tied(ins)
+
+    def _step(self, ins: Instruction) -> None:
+        self._wait_all()
+        if self._on_step is not None:
+            self._on_step()
+
+    def _count_uses(self) -> Counter:
+        """Per (value, mb): local forwards that read it plus sends that carry it."""
+        uses: Counter = Counter()
+        for ins in self.instructions:
+            if ins.op == Op.F:
+                for name in self.split.stages[ins.stage].inputs:
+                    value = self.values.get(name)
+                    if value is not None and value.producer != INPUT:
+                        uses[(name, ins.mb)] += 1
+            elif ins.op == Op.SEND_F:
+                for spec in ins.tensors:
+                    uses[(spec.name, ins.mb)] += 1
+        return uses
+
+
+def _freer(originals: list[torch.Tensor], sent: list[torch.Tensor]) -> list[Callable[[], None]]:
+    """Callbacks that drop sent outputs once the send completed."""
+
+    def free() -> None:
+        for tensor in originals:
+            free_storage(tensor)
+        sent.clear()
+
+    return [free]
+
+
+def _groups(instructions: tuple[Instruction, ...]) -> list[tuple[int, int, bool]]:
+    """(start, end, is_comm) runs: adjacent comm instructions together, compute one by one."""
+    groups, i = [], 0
+    while i < len(instructions):
+        if instructions[i].op.is_comm:
+            j = i
+            while j < len(instructions) and instructions[j].op.is_comm:
+                j += 1
+            groups.append((i, j, True))
+            i = j
+        else:
+            groups.append((i, i + 1, False))
+            i += 1
+    return groups

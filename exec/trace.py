@@ -1,0 +1,48 @@
+"""Chrome trace of executed instructions: one process row per rank, one slice per op.
+
+Every rank writes its slices to FILE.rank-R.json next to FILE; rank 0 merges them
+into FILE after a barrier (open it in chrome://tracing or Perfetto).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch.distributed as dist
+
+__all__ = ["write_trace"]
+
+
+def write_trace(path: str, *, rank: int, records: list[tuple[str, float, float]]) -> None:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    events = [
+        {
+            "name": name,
+            "cat": name.split()[0].lstrip("0123456789").rstrip("0123456789<>"),
+            "ph": "X",
+            "pid": rank,
+            "tid": 0,
+            "ts": start * 1e6,
+            "dur": (end - start) * 1e6,
+        }
+        for name, start, end in records
+    ]
+    events.append({"name": "process_name", "ph": "M", "pid": rank, "args": {"name": f"rank {rank}"}})
+    part = target.with_name(f"{target.name}.rank-{rank}.json")
+    part.write_text(json.dumps(events))
+    if dist.is_initialized():
+        dist.barrier()
+    if rank != 0:
+        return
+    merged = []
+    for r in range(dist.get_world_size() if dist.is_initialized() else 1):
+        piece = target.with_name(f"{target.name}.rank-{r}.json")
+        merged.extend(json.loads(piece.read_text()))
+        piece.unlink()
+    origin = min((e["ts"] for e in merged if "ts" in e), default=0.0)
+    for event in merged:
+        if "ts" in event:
+            event["ts"] -= origin
+    target.write_text(json.dumps({"traceEvents": merged, "displayTimeUnit": "ms"}))

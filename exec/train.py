@@ -1,0 +1,161 @@
+"""The pipeline training loop of one rank: build its stages, run the program every step,
+reduce tied weights, clip by the global norm, step AdamW, report, checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from ppc.exec.checkpoint import load_rank_state, save_merged, save_rank_state
+from ppc.exec.config import RunConfig
+from ppc.exec.data import load_data, load_tokenizer
+from ppc.exec.metrics import MetricsWriter, StepMetrics
+from ppc.exec.optim import clip_by_norm, lr_at, make_adamw, squared_norm
+from ppc.exec.plan import Plan
+from ppc.exec.runtime import RankRuntime
+from ppc.exec.tied import TiedReducer
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RankResult", "autocast_dtype", "train_pipeline"]
+
+
+@dataclass(slots=True, kw_only=True)
+class RankResult:
+    rank: int
+    history: list[StepMetrics] = field(default_factory=list)
+    """Filled on the rank that computes the loss."""
+    runtime: RankRuntime | None = None
+    modules: dict[int, torch.nn.Module] = field(default_factory=dict)
+    """This rank's stage modules after training."""
+
+
+def autocast_dtype(config: RunConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on GPU when asked; plain fp32 otherwise."""
+    return torch.bfloat16 if config.dtype == "bf16" and device.type == "cuda" else None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_pipeline(
+    config: RunConfig,
+    plan: Plan,
+    *,
+    device: torch.device,
+    on_metrics: Callable[[StepMetrics], None] | None = None,
+    observer=None,
+) -> RankResult:
+    """Train on this rank (torch.distributed must be initialized with world = R)."""
+    program, split = plan.program, plan.split
+    rank = dist.get_rank()
+    torch.manual_seed(config.seed + rank)
+    mine = [s for s, r in enumerate(program.placement) if r == rank]
+    modules = {s: plan.materialize(s, device) for s in mine}
+    for module in modules.values():
+        module.train()
+    tied = TiedReducer(
+        graph=split.graph, stages=split.stages, placement=program.placement, rank=rank, modules=modules
+    )
+    params = [p for s in mine for p in modules[s].parameters() if p.requires_grad]
+    optimizer = make_adamw(params, lr=config.lr, weight_decay=config.weight_decay)
+    data = load_data(
+        config.data, tokenizer=load_tokenizer(config.tokenizer), seq_len=config.seq_len, seed=config.seed
+    )
+    meta = _meta(config, program)
+    start = 0
+    if config.resume:
+        start = load_rank_state(config.resume, rank=rank, modules=modules, optimizer=optimizer, meta=meta)
+    norm_box: list[float] = [0.0]
+
+    def on_step() -> None:
+        tied.finish_step()
+        counted = [p for p in params if tied.counts_in_norm(p)]
+        norm_box[0] = clip_by_norm(params, squared_norm(counted).to(device), config.clip, reduce=_all_sum)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    runtime = RankRuntime(
+        program=program,
+        split=split,
+        rank=rank,
+        modules=modules,
+        device=device,
+        autocast_dtype=autocast_dtype(config, device),
+        on_reduce_tied=lambda ins: tied.reduce({t.name for t in ins.tensors} or None),
+        on_step=on_step,
+        observer=observer,
+        trace=config.trace is not None,
+    )
+    loss_rank = program.placement[program.stages - 1]
+    writer = None
+    if rank == loss_rank and config.metrics:
+        writer = MetricsWriter(config.metrics, append=bool(config.resume))
+    result = RankResult(rank=rank, runtime=runtime, modules=modules)
+    try:
+        for step in range(start, config.steps):
+            lr = lr_at(step, lr=config.lr, warmup=config.warmup, steps=config.steps, min_ratio=config.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = data.microbatches(
+                step, microbatches=config.microbatches, microbatch_size=config.microbatch_size
+            )
+            _sync(device)
+            began = time.perf_counter()
+            losses = runtime.run_step(step, batch)
+            _sync(device)
+            elapsed = time.perf_counter() - began
+            if rank == loss_rank:
+                record = StepMetrics(
+                    step=step + 1,
+                    steps=config.steps,
+                    loss=sum(losses[m] for m in sorted(losses)) / len(losses),
+                    lr=lr,
+                    step_time_s=elapsed,
+                    tokens_per_s=config.tokens_per_step / elapsed,
+                    grad_norm=norm_box[0],
+                )
+                result.history.append(record)
+                if writer is not None:
+                    writer.write(record)
+                if on_metrics is not None:
+                    on_metrics(record)
+            if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
+                directory = config.checkpoint_dir or "checkpoints"
+                save_rank_state(
+                    directory, step=step + 1, rank=rank, modules=modules, optimizer=optimizer, meta=meta
+                )
+    finally:
+        if writer is not None:
+            writer.close()
+    if config.save:
+        named = {
+            split.stages[s].param_names.get(local, local): p
+            for s in mine
+            for local, p in modules[s].named_parameters()
+        }
+        save_merged(config.save, model=plan.model, rank=rank, named=named)
+    return result
+
+
+def _all_sum(tensor: torch.Tensor) -> torch.Tensor:
+    dist.all_reduce(tensor)
+    return tensor
+
+
+def _meta(config: RunConfig, program) -> dict:
+    return {
+        "schedule": config.schedule,
+        "model": config.model,
+        "ranks": program.ranks,
+        "stages": program.stages,
+        "placement": list(program.placement),
+        "microbatches": program.microbatches,
+        "sequences_per_step": config.microbatches * config.microbatch_size,
+    }

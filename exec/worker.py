@@ -1,0 +1,65 @@
+"""One rank of `ppc run`: join the process group, build the plan, train, write the trace."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+
+import torch
+import torch.distributed as dist
+from ppc.exec.config import RunConfig
+from ppc.exec.plan import build_plan
+from ppc.exec.trace import write_trace
+from ppc.exec.train import train_pipeline
+
+from ppc.errors import RunError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["start_worker"]
+
+
+def start_worker(config: RunConfig, *, board, on_metrics=None, fault: str | None = None) -> int:
+    """Train as rank RANK of WORLD_SIZE (set by torchrun); returns the exit code."""
+    world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+    if world != config.ranks:
+        raise RunError(
+            f"world size {world} != schedule ranks {config.ranks}: start {config.ranks} processes "
+            f"or pass --ranks {world}"
+        )
+    device = _device(config)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    timeout = datetime.timedelta(seconds=config.timeout)
+    dist.init_process_group(backend, timeout=timeout)
+    check = torch.ones(1, device=device)
+    dist.all_reduce(check)  # every rank is up; NCCL's first P2P batch needs a prior collective
+    plan = build_plan(config)
+    observer = board.update if fault is None else _with_fault(board, rank, fault)
+    result = train_pipeline(config, plan, device=device, on_metrics=on_metrics, observer=observer)
+    if config.trace:
+        write_trace(config.trace, rank=rank, records=result.runtime.trace_records or [])
+    board.update(config.steps, "done")
+    return 0
+
+
+def _device(config: RunConfig) -> torch.device:
+    if config.device == "cuda":
+        if not torch.cuda.is_available():
+            raise RunError("--device cuda but CUDA is not available")
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def _with_fault(board, rank: int, fault: str):
+    """Observer that raises at "RANK:STEP:INSTRUCTION" (1-based step), for fault tests."""
+    want_rank, want_step, want_ins = fault.split(":")
+
+    def observe(step: int, instruction) -> None:
+        board.update(step, instruction)
+        if rank == int(want_rank) and step + 1 == int(want_step) and str(instruction) == want_ins:
+            raise RuntimeError("injected fault (PPC_FAULT_AT)")
+
+    return observe

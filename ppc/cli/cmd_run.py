@@ -1,0 +1,221 @@
+"""`ppc run`: train a model with a pipeline schedule (or the single-process reference).
+
+Under torchrun each process is one rank. Outside torchrun the command checks its input,
+then starts one worker per rank itself (`--nproc-per-node`, default: the schedule's
+ranks). torch is imported only inside the functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ppc.errors import PpcError, RunError
+
+_PARSER: argparse.ArgumentParser | None = None
+FAULT_ENV = "PPC_FAULT_AT"
+"""Test hook: "RANK:STEP:INSTRUCTION" makes that rank raise when it reaches that point."""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    global _PARSER
+    p = subparsers.add_parser(
+        "run",
+        help="train with a pipeline schedule (torch.distributed; NCCL on GPU, gloo on CPU)",
+        description="Train a model with a pipeline schedule. Under torchrun each process is "
+        "one rank; otherwise ppc starts --nproc-per-node workers itself.",
+    )
+    g = p.add_argument_group("model and schedule")
+    g.add_argument("--model", default="tiny-llama", help="preset name or local HF directory")
+    g.add_argument("--schedule", default="1f1b", help="built-in name, .ppc file or torch .csv")
+    g.add_argument("--ranks", type=int, default=4, help="pipeline ranks R (= world size)")
+    g.add_argument("--virtual", type=int, default=1, help="stages per rank V")
+    g.add_argument("--placement", choices=("loop", "v"), help="override the schedule's placement")
+    g.add_argument("--split", default="cost", choices=("cost", "layers", "params"))
+    g = p.add_argument_group("data and batch")
+    g.add_argument("--data", help=".txt or .jsonl (\"text\" field); default: Python's docs")
+    g.add_argument("--tokenizer", help="local Hugging Face tokenizer directory (default: bytes)")
+    g.add_argument("--seq-len", type=int, default=64)
+    g.add_argument("--microbatches", type=int, default=8)
+    g.add_argument("--microbatch-size", type=int, default=1)
+    g = p.add_argument_group("optimization")
+    g.add_argument("--steps", type=int, default=20)
+    g.add_argument("--lr", type=float, default=3e-4)
+    g.add_argument("--warmup", type=int, default=2, help="linear warm-up steps, then cosine")
+    g.add_argument("--weight-decay", type=float, default=0.1)
+    g.add_argument("--clip", type=float, default=1.0, help="max global grad norm (0: off)")
+    g.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("devices and processes")
+    g.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    g.add_argument("--dtype", choices=("fp32", "bf16"), help="default: bf16 on cuda, fp32 on cpu")
+    g.add_argument("--nproc-per-node", type=int, help="start this many workers (outside torchrun)")
+    g.add_argument("--timeout", type=float, default=300.0, help="seconds before a stuck op fails")
+    g.add_argument("--reference", action="store_true", help="plain single-process loop instead")
+    g = p.add_argument_group("outputs")
+    g.add_argument("--metrics", help="write one JSON object per step to this .jsonl file")
+    g.add_argument("--save", help="write a merged Hugging Face checkpoint to this directory")
+    g.add_argument("--checkpoint-every", type=int, default=0, help="save resumable state every N steps")
+    g.add_argument("--checkpoint-dir", default="checkpoints")
+    g.add_argument("--resume", help="resume from a checkpoint directory")
+    g.add_argument("--trace", help="write each rank's executed instructions as a Chrome trace")
+    g.add_argument("--quiet", action="store_true", help="no per-step lines or progress bar")
+    _PARSER = p
+    return p
+
+
+def _config(args):
+    from ppc.exec.config import RunConfig
+
+    device = args.device or _default_device()
+    return RunConfig(
+        model=args.model, schedule=args.schedule, ranks=args.ranks, virtual=args.virtual,
+        placement=args.placement, split=args.split, microbatches=args.microbatches,
+        microbatch_size=args.microbatch_size, seq_len=args.seq_len, steps=args.steps, lr=args.lr,
+        warmup=args.warmup, weight_decay=args.weight_decay, clip=args.clip or None, seed=args.seed,
+        data=args.data, tokenizer=args.tokenizer, device=device,
+        dtype=args.dtype or ("bf16" if device == "cuda" else "fp32"), metrics=args.metrics,
+        save=args.save, checkpoint_every=args.checkpoint_every, checkpoint_dir=args.checkpoint_dir,
+        resume=args.resume, trace=args.trace, timeout=args.timeout,
+    )
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run(args) -> int:
+    from ppc.exec import launch
+
+    config = _config(args)
+    if args.reference:
+        return _run_reference(config, args)
+    if launch.under_torchrun():
+        return _run_worker(config, args)
+    nproc = args.nproc_per_node or config.ranks
+    _check_inputs(config, world=nproc)
+    code, message = launch.self_launch(_argv(args), nproc=nproc)
+    if code:
+        print(f"ppc: run failed: {message}", file=sys.stderr)
+    return code
+
+
+def _check_inputs(config, *, world: int) -> None:
+    """Everything a user can get wrong, before any process starts."""
+    from pathlib import Path
+
+    from ppc.exec.plan import build_order, check_model
+
+    order = build_order(config)
+    if world != order.ranks:
+        raise RunError(
+            f"world size {world} != schedule ranks {order.ranks}: start {order.ranks} processes "
+            f"(--nproc-per-node {order.ranks}) or pass --ranks {world}"
+        )
+    if config.data is not None and not Path(config.data).is_file():
+        raise RunError(f"data file not found: {config.data}")
+    if config.tokenizer is not None and not Path(config.tokenizer).is_dir():
+        raise RunError(f"tokenizer directory not found: {config.tokenizer}")
+    if config.resume is not None and not Path(config.resume).exists():
+        raise RunError(f"checkpoint directory not found: {config.resume}")
+    check_model(config)
+
+
+def _argv(args) -> list[str]:
+    """The command line that re-creates `args` in a worker (without --nproc-per-node)."""
+    argv = ["run"]
+    for action in _PARSER._actions:
+        if not action.option_strings or action.dest in ("help", "nproc_per_node"):
+            continue
+        value = getattr(args, action.dest, None)
+        flag = action.option_strings[0]
+        if isinstance(action, argparse._StoreTrueAction):
+            if value:
+                argv.append(flag)
+        elif value is not None and value != action.default:
+            argv += [flag, str(value)]
+    if getattr(args, "verbose", False):
+        argv.insert(0, "-v")
+    return argv
+
+
+def _run_worker(config, args) -> int:
+    import torch.distributed as dist
+
+    from ppc.exec import launch
+    from ppc.exec.worker import start_worker
+
+    rank = int(os.environ["RANK"])
+    board = launch.StatusBoard(os.environ.get(launch.STATUS_ENV), rank)
+    fault = os.environ.get(FAULT_ENV)
+    try:
+        with _reporter(args, config) as reporter:
+            return start_worker(config, board=board, on_metrics=reporter.step, fault=fault)
+    except PpcError as error:
+        board.fail(f"rank {rank}: {error}")
+        raise
+    except BaseException as error:  # noqa: BLE001  any failure on a rank: name it, exit at once
+        message = f"rank {rank} failed {board.where()}: {type(error).__name__}: {error}"
+        board.fail(message)
+        print(f"ppc: {message}", file=sys.stderr, flush=True)
+        os._exit(1)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run_reference(config, args) -> int:
+    import torch
+
+    from ppc.exec.checkpoint import write_hf
+    from ppc.exec.reference import train_reference
+
+    _check_inputs(config, world=config.ranks)
+    with _reporter(args, config) as reporter:
+        model, _ = train_reference(config, device=torch.device(config.device), on_metrics=reporter.step)
+    if config.save:
+        from pathlib import Path
+
+        named = {n: p.detach().float().cpu() for n, p in model.state_dict().items()}
+        write_hf(Path(config.save), model=config.model, weights=named)
+    return 0
+
+
+def _reporter(args, config):
+    return StepReporter(total=config.steps, quiet=args.quiet)
+
+
+class StepReporter:
+    """Prints the per-step line and drives a rich progress bar; starts on the first step,
+    so only the rank that computes the loss shows anything."""
+
+    def __init__(self, *, total: int, quiet: bool = False):
+        self.total, self.quiet = total, quiet
+        self._progress = None
+        self._task = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def step(self, record) -> None:
+        if self.quiet:
+            return
+        if self._progress is None:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            console = Console(highlight=False)
+            self._progress = Progress(
+                TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                TimeRemainingColumn(), console=console, transient=True,
+            )
+            self._task = self._progress.add_task("train", total=self.total, completed=record.step - 1)
+            self._progress.start()
+        self._progress.console.print(record.line(), markup=False)
+        self._progress.update(self._task, completed=record.step)
