@@ -38,7 +38,9 @@ def _accumulate(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | N
         if grad is None:
             continue
         if param.grad is None:
-            param.grad = grad.detach().clone() if grad.dtype == param.dtype else grad.to(param.dtype)
+            # the engine hands back fresh tensors; only a broadcast view must be copied
+            fresh = grad.is_contiguous() and grad.dtype == param.dtype
+            param.grad = grad.detach() if fresh else grad.to(param.dtype).clone(memory_format=torch.contiguous_format)
         else:
             param.grad.add_(grad)
 

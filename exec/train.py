@@ -63,7 +63,8 @@ def train_pipeline(
     tied = TiedReducer(
         graph=split.graph, stages=split.stages, placement=program.placement, rank=rank, modules=modules
     )
-    params = [p for s in mine for p in modules[s].parameters() if p.requires_grad]
+    # dict.fromkeys: a tied weight shared by two local stages is one parameter
+    params = list(dict.fromkeys(p for s in mine for p in modules[s].parameters() if p.requires_grad))
     optimizer = make_adamw(params, lr=config.lr, weight_decay=config.weight_decay)
     data = load_data(
         config.data, tokenizer=load_tokenizer(config.tokenizer), seq_len=config.seq_len, seed=config.seed
