@@ -25,41 +25,38 @@ def _run(
     wrt: Sequence[torch.Tensor],
     *,
     retain: bool,
+    accumulate: bool,
 ) -> tuple[torch.Tensor | None, ...]:
+    """One engine pass from `roots` to `wrt`: returns their gradients, or with
+    `accumulate` adds them into `.grad` inside the engine (as a plain backward does)."""
     if not roots or not wrt:
         return tuple(None for _ in wrt)
     return _engine_run_backward(
-        tuple(roots), tuple(grads), retain, False, tuple(wrt), True, False
+        tuple(roots), tuple(grads), retain, False, tuple(wrt), True, accumulate
     )
 
 
-def _accumulate(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None]) -> None:
-    for param, grad in zip(params, grads):
-        if grad is None:
-            continue
-        if param.grad is None:
-            # the engine hands back fresh tensors; only a broadcast view must be copied
-            fresh = grad.is_contiguous() and grad.dtype == param.dtype
-            param.grad = grad.detach() if fresh else grad.to(param.dtype).clone(memory_format=torch.contiguous_format)
-        else:
-            param.grad.add_(grad)
+def _take_grads(leaves: Sequence[torch.Tensor]) -> tuple[torch.Tensor | None, ...]:
+    grads = tuple(leaf.grad for leaf in leaves)
+    for leaf in leaves:
+        leaf.grad = None
+    return grads
 
 
 def backward_full(roots, grads, inputs, params) -> tuple[torch.Tensor | None, ...]:
     """B: input gradients returned, parameter gradients accumulated into `.grad`."""
-    result = _run(roots, grads, [*inputs, *params], retain=False)
-    _accumulate(params, result[len(inputs) :])
-    return result[: len(inputs)]
+    _run(roots, grads, [*inputs, *params], retain=False, accumulate=True)
+    return _take_grads(inputs)
 
 
 def backward_input(roots, grads, inputs) -> tuple[torch.Tensor | None, ...]:
     """I: input gradients only; the graph stays alive for the W that follows."""
-    return _run(roots, grads, inputs, retain=True)
+    return _run(roots, grads, inputs, retain=True, accumulate=False)
 
 
 def backward_weight(roots, grads, params) -> None:
     """W: parameter gradients accumulated into `.grad`; frees the graph."""
-    _accumulate(params, _run(roots, grads, params, retain=False))
+    _run(roots, grads, params, retain=False, accumulate=True)
 
 
 def free_storage(tensor: torch.Tensor) -> None:

@@ -8,7 +8,8 @@ JSON format (scalars apply to every stage; lists give one value per stage)::
 
     {"unit": "s", "F": [..], "I": [..], "W": [..],      # or "B" instead of I and W
      "comm": {"latency": 1e-5, "bandwidth": 2.0e10},   # seconds, bytes per second
-     "activation_bytes": [..], "weight_share": 0.5}
+     "activation_bytes": [..], "weight_share": 0.5,
+     "step": [..]}                                     # optimizer step (clip + AdamW) per stage
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from ppc.errors import CostError
 
-_KEYS = {"F", "B", "I", "W", "latency", "bandwidth", "weight_share"}
+_KEYS = {"F", "B", "I", "W", "latency", "bandwidth", "weight_share", "step"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,6 +41,8 @@ class CostModel:
     weight_share: float = 0.5
     """Share of a microbatch's activations that I keeps alive for W."""
     unit: str = "units"
+    optimizer: tuple[float, ...] = field(default=())
+    """Per stage, time of the optimizer step (clipping + AdamW) for its parameters (empty: 0)."""
 
     def __post_init__(self) -> None:
         n = len(self.forward)
@@ -53,6 +56,8 @@ class CostModel:
             raise CostError(f"costs: need latency >= 0 and bandwidth > 0, got {self.latency!r}, {self.bandwidth!r}")
         if not 0.0 <= self.weight_share <= 1.0:
             raise CostError(f"costs: weight_share must be in [0, 1], got {self.weight_share!r}")
+        if self.optimizer and len(self.optimizer) != n:
+            raise CostError(f"costs: step has {len(self.optimizer)} values for {n} stages")
         if self.activation_bytes and len(self.activation_bytes) != n:
             raise CostError(f"costs: activation_bytes has {len(self.activation_bytes)} values for {n} stages")
 
@@ -74,6 +79,10 @@ class CostModel:
         if kind == "W":
             return self.backward_weight[stage]
         raise ValueError(f"not a compute kind: {kind!r}")
+
+    def step(self, stages) -> float:
+        """Time of the optimizer step of a rank that owns `stages`."""
+        return sum(self.optimizer[s] for s in stages) if self.optimizer else 0.0
 
     def transfer(self, nbytes: int) -> float:
         return self.latency + (nbytes / self.bandwidth if nbytes else 0.0)
@@ -122,6 +131,7 @@ class CostModel:
             activation_bytes=tuple(int(a) for a in acts),
             weight_share=float(data.get("weight_share", 0.5)),
             unit=str(data.get("unit", "units")),
+            optimizer=per_stage("step") or (),
         )
 
     @classmethod
@@ -157,7 +167,7 @@ class CostModel:
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        return {
+        out = {
             "unit": self.unit,
             "F": list(self.forward),
             "I": list(self.backward_input),
@@ -166,3 +176,6 @@ class CostModel:
             "activation_bytes": list(data["activation_bytes"]),
             "weight_share": self.weight_share,
         }
+        if self.optimizer:
+            out["step"] = list(self.optimizer)
+        return out

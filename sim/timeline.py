@@ -4,7 +4,7 @@ Semantics (what the executor does): a rank runs its instructions in order; a com
 takes its cost; a send is posted without waiting and its message arrives after the
 transfer time (latency + bytes / bandwidth); a receive waits for its message; a
 REDUCE_TIED waits for all owning ranks and takes the transfer time of its tensor; STEP
-takes no time. From the start and end of every instruction follow the makespan, each
+takes the optimizer time of the rank's stages (0 unless the costs give `step`). From the start and end of every instruction follow the makespan, each
 rank's busy and idle time, the bubble and the critical path.
 """
 
@@ -124,6 +124,8 @@ def _run(pg: ProgramGraph, costs: CostModel):
     n = len(instrs)
     dur = [[costs.duration(k, s) for s in range(costs.stages)] for k in "FBIW"]
     transfer = costs.transfer
+    placement = pg.program.placement
+    step_cost = [costs.step([s for s in range(len(placement)) if placement[s] == r]) for r in range(ranks)]
     seconds_of: dict[int, float] = {}
     start = [0.0] * n
     end = [0.0] * n
@@ -187,6 +189,11 @@ def _run(pg: ProgramGraph, costs: CostModel):
                         mr = rank_of[m]
                         ptr[mr], free[mr] = m + 1, t
                         stack.append(mr)
+            elif c == opc.STEP:
+                start[g] = t
+                t += step_cost[r]
+                work += step_cost[r]
+                end[g] = t
             else:
                 start[g] = end[g] = t
             g += 1

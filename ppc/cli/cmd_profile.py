@@ -18,6 +18,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--microbatch-size", type=int, default=1)
     p.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default=None,
+                   help="bf16 autocast as `ppc run` uses on GPU (default: bf16 on cuda, fp32 on cpu)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--by", default="cost", choices=("cost", "layers", "params"), help="how to split")
@@ -36,6 +38,7 @@ def run(args) -> int:
     request = ProfileRequest(
         model=args.model, stages=args.stages, seq_len=args.seq_len, microbatch_size=args.microbatch_size,
         device=args.device, warmup=args.warmup, repeats=args.repeats, by=args.by, layers=not args.no_layers,
+        dtype=args.dtype,
     )
     with console.status(f"profiling {args.model} on {args.device}"):
         profile = profile_model(request)

@@ -13,6 +13,8 @@ The result is a CostProfile (seconds); its JSON is what `ppc simulate --costs` r
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import statistics
 import time
@@ -40,10 +42,14 @@ class ProfileRequest:
     seed: int = 0
     layers: bool = True
     """Also measure the finest split, recorded as per-layer costs for `ppc plan`."""
+    dtype: str | None = None
+    """"bf16" runs forwards under bf16 autocast (as `ppc run` does on GPU); default: bf16 on cuda."""
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise CostError(f"--device must be cpu or cuda, got {self.device!r}")
+        if self.dtype not in (None, "fp32", "bf16"):
+            raise CostError(f"--dtype must be fp32 or bf16, got {self.dtype!r}")
         if self.repeats < 1 or self.warmup < 0:
             raise CostError(f"need repeats >= 1 and warmup >= 0, got {self.repeats}, {self.warmup}")
 
@@ -57,6 +63,8 @@ class StageTimes:
     activation_bytes: int
     output_bytes: int
     params: int
+    optimizer: float = 0.0
+    """Time of clipping + AdamW over the stage's parameters."""
 
 
 def profile_model(request: ProfileRequest) -> CostProfile:
@@ -93,6 +101,7 @@ def profile_model(request: ProfileRequest) -> CostProfile:
         backward_weight=tuple(t.backward_weight for t in times),
         activation_bytes=tuple(t.activation_bytes for t in times),
         unit="s",
+        optimizer=tuple(t.optimizer for t in times),
     )
     return CostProfile(
         stage_costs=costs,
@@ -152,20 +161,51 @@ def measure_split(split, request: ProfileRequest, device) -> list[StageTimes]:
                 env[name].detach().requires_grad_(name in grad_inputs and env[name].is_floating_point())
                 for name in stage.inputs
             ]
-            outs = module(*args)
+            with _autocast(request, device):
+                outs = module(*args)
             outs = (outs,) if isinstance(outs, torch.Tensor) else tuple(outs)
             return args, outs
 
         _args, outs = run_forward()
         for name, value in zip(stage.outputs, outs):
             env[name] = value.detach()
-        out.append(_measure_stage(split, stage, run_forward, params, request, device, values, outs))
+        times = _measure_stage(split, stage, run_forward, params, request, device, values, outs)
+        out.append(dataclasses.replace(times, optimizer=_optimizer_time(params, request, device)))
         for p in params:
             p.grad = None
         log.info("stage %s: F=%.3gs I=%.3gs W=%.3gs", stage.index, out[-1].forward, out[-1].backward_input,
                  out[-1].backward_weight)
         del module
     return out
+
+
+def _optimizer_time(params, request: ProfileRequest, device) -> float:
+    """Median time of the executor's optimizer step (norm, clip, AdamW) over `params`."""
+    import torch
+
+    from ppc.exec.optim import clip_by_norm, make_adamw, squared_norm
+
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    optimizer = make_adamw(params, lr=1e-12, weight_decay=0.0)
+    timer = _timer(device)
+
+    def step():
+        clip_by_norm(params, squared_norm(params).to(device), 1.0)
+        optimizer.step()
+
+    return _median(lambda: timer(step), request)
+
+
+def _autocast(request: ProfileRequest, device):
+    """The executor's autocast: bf16 on cuda unless fp32 was asked for."""
+    import torch
+
+    dtype = request.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    if dtype == "bf16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
 
 
 def _measure_stage(split, stage, run_forward, params, request, device, values, sample_outs) -> StageTimes:
