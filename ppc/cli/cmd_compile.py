@@ -1,4 +1,8 @@
-"""`ppc compile`: expand a schedule to per-rank compute orders (text, JSON or torch CSV)."""
+"""`ppc compile`: expand a schedule to per-rank compute orders (text, JSON or torch CSV).
+
+With --model the orders are lowered against the model's split: the JSON then also holds
+each rank's instructions (compute, P2P with tensor specs, REDUCE_TIED, STEP).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import argparse
 import json
 import sys
 
+from ppc.cli.model_options import add_model_arguments, build_model_split
 from ppc.compiler import compile_program
 from ppc.errors import ScheduleError
 from ppc.lang import load_schedule
@@ -28,6 +33,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--param", action="append", default=[], metavar="NAME=VALUE", help="set a schedule parameter"
     )
     parser.add_argument("--format", choices=("text", "json", "csv"), default="text")
+    add_model_arguments(parser)
     return parser
 
 
@@ -54,11 +60,35 @@ def run(args: argparse.Namespace) -> int:
         placement=args.placement,
         params=parse_params(args.param),
     )
-    compile_program(order)  # lower + validate on the synthetic chain: complete, deadlock-free
+    graph = build_model_split(args, order).graph if args.model else None
+    # lower + validate (on the synthetic chain without a model): complete, deadlock-free
+    program = compile_program(order, graph)
     if args.format == "json":
-        sys.stdout.write(json.dumps(to_json_record(order)) + "\n")
+        record = to_json_record(order)
+        if graph is not None:
+            record["model"] = args.model
+            record["instructions"] = [[i.to_json() for i in row] for row in program.instructions]
+            record["notes"] = list(program.notes)
+        sys.stdout.write(json.dumps(record) + "\n")
     elif args.format == "csv":
         sys.stdout.write(write_csv(order))
     else:
         sys.stdout.write(format_listing(order))
+        if graph is not None:
+            sys.stdout.write(format_instructions(program))
     return 0
+
+
+def format_instructions(program) -> str:
+    """Each rank's instructions, communication with its peer and payload size."""
+    lines = [f"note: {note}" for note in program.notes]
+    for rank, row in enumerate(program.instructions):
+        cells = []
+        for ins in row:
+            if ins.op.is_comm:
+                arrow = "->" if ins.op.is_send else "<-"
+                cells.append(f"{ins}{arrow}r{ins.peer}({ins.bytes / 2**10:.0f}KiB)")
+            else:
+                cells.append(str(ins))
+        lines.append(f"rank {rank} instructions: " + " ".join(cells))
+    return "\n".join(lines) + "\n"

@@ -101,5 +101,6 @@ def run(args) -> int:
         console.print("[yellow]no candidate fits the memory cap; the winner is the fastest regardless[/]")
     console.print(f"wrote {out}")
     console.print(run_command(winner, schedule_path=out, model=args.model or profile.meta.get("model", "MODEL"),
-                              ranks=args.ranks, seq_len=profile.seq_len))
+                              ranks=args.ranks, seq_len=profile.seq_len,
+                              units=[u.name for u in profile.layer_units()]))
     return 0

@@ -24,6 +24,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--by", default="cost", choices=("cost", "layers", "params"), help="how to split")
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer measurement")
+    p.add_argument("--p2p", action="store_true",
+                   help="also measure point-to-point latency and bandwidth between two processes "
+                   "(gloo on cpu, NCCL on two GPUs) into the costs' \"comm\"")
+    p.add_argument("--p2p-mib", type=float, default=16.0, help="size of the bandwidth message in MiB")
     p.add_argument("-o", "--output", required=True, help="costs JSON to write")
     return p
 
@@ -42,6 +46,16 @@ def run(args) -> int:
     )
     with console.status(f"profiling {args.model} on {args.device}"):
         profile = profile_model(request)
+    p2p = None
+    if args.p2p:
+        import dataclasses
+
+        from ppc.profiling.p2p import measure_p2p
+
+        with console.status("measuring point-to-point latency and bandwidth"):
+            p2p = measure_p2p(args.device, large_bytes=int(args.p2p_mib * 2**20))
+        costs = dataclasses.replace(profile.stage_costs, latency=p2p.latency, bandwidth=p2p.bandwidth)
+        profile = dataclasses.replace(profile, stage_costs=costs, meta={**profile.meta, "p2p": p2p.describe()})
     profile.save(args.output)
     c = profile.stage_costs
     table = Table(title=f"{args.model}: {args.stages} stages, microbatch {args.microbatch_size} x {args.seq_len} "
@@ -56,5 +70,7 @@ def run(args) -> int:
     console.print(table)
     if profile.layers:
         console.print(f"{len(profile.layers)} per-layer costs recorded for `ppc plan`")
+    if p2p is not None:
+        console.print(f"point-to-point {p2p.describe()}", highlight=False)
     console.print(f"wrote {args.output}")
     return 0

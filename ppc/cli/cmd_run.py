@@ -32,7 +32,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--ranks", type=int, default=4, help="pipeline ranks R (= world size)")
     g.add_argument("--virtual", type=int, default=1, help="stages per rank V")
     g.add_argument("--placement", choices=("loop", "v"), help="override the schedule's placement")
-    g.add_argument("--split", default="cost", choices=("cost", "layers", "params"))
+    g.add_argument("--split", default="cost", metavar="cost|layers|params|N,N,..",
+                   help="how to cut the model into stages: balance estimated FLOPs (cost), blocks "
+                   "(layers) or parameters (params), or give the blocks of each stage (3,2,2,1)")
     g = p.add_argument_group("data and batch")
     g.add_argument("--data", help=".txt or .jsonl (\"text\" field); default: Python's docs")
     g.add_argument("--tokenizer", help="local Hugging Face tokenizer directory (default: bytes)")
@@ -121,6 +123,12 @@ def _check_inputs(config, *, world: int) -> None:
     if config.resume is not None and not Path(config.resume).exists():
         raise RunError(f"checkpoint directory not found: {config.resume}")
     check_model(config)
+    if not isinstance(config.split_by, str):
+        from ppc.frontend import build_split
+
+        # explicit blocks per stage: check the counts against the model before any worker starts
+        build_split(config.model, stages=order.stages, seq_len=config.seq_len,
+                    microbatch_size=config.microbatch_size, by=config.split_by, seed=config.seed)
 
 
 def _argv(args) -> list[str]:

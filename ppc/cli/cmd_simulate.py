@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from ppc.cli.model_options import add_model_arguments, build_model_split, flop_costs
 from ppc.errors import PpcError
 
 
@@ -38,6 +39,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--compare", action="store_true", help="compare the schedules side by side")
     parser.add_argument("--width", type=int, default=None, help="terminal Gantt width in cells")
+    parser.add_argument(
+        "--against",
+        metavar="TRACE",
+        help="compare with a trace written by `ppc run --trace TRACE.json` (costs in seconds)",
+    )
+    add_model_arguments(parser)
     return parser
 
 
@@ -78,11 +85,19 @@ def simulate_schedule(spec: str, args: argparse.Namespace):
     order = load_schedule(name).expand(
         ranks=args.ranks, microbatches=args.microbatches, virtual=virtual, placement=args.placement
     )
-    costs = CostModel.load(args.costs, order.stages)
-    if args.compare and order.virtual > 1 and not _is_file(args.costs):
-        costs = per_model(costs, order.virtual)
-    program = lower(order, costs=costs)
-    return simulate(program, costs, checked=check(program))
+    graph = None
+    if args.model:  # real transfer and activation bytes; FLOP-estimated costs unless given
+        split = build_model_split(args, order)
+        graph = split.graph
+        costs = CostModel.load(args.costs, order.stages) if args.costs else flop_costs(split)
+        if not costs.activation_bytes:
+            costs = dataclasses.replace(costs, activation_bytes=tuple(graph.activation_bytes))
+    else:
+        costs = CostModel.load(args.costs, order.stages)
+        if args.compare and order.virtual > 1 and not _is_file(args.costs):
+            costs = per_model(costs, order.virtual)
+    program = lower(order, graph, costs=costs)
+    return simulate(program, costs, graph=graph, checked=check(program, graph))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -95,12 +110,17 @@ def run(args: argparse.Namespace) -> int:
         gc.enable()
     if len(timelines) > 1 and not args.compare:
         raise PpcError("several schedules given: add --compare to see them side by side")
+    if args.against and args.compare:
+        raise PpcError("--against compares one schedule with a trace: drop --compare")
+    comparison = _against(timelines[0], args.against) if args.against else None
     if args.out:
         _write_out(timelines, args.out)
     if args.json:
         from ppc.sim.report import summary, to_json
 
         doc = [summary(t) for t in timelines] if args.compare else to_json(timelines[0])
+        if comparison is not None:
+            doc["against"] = _against_json(comparison, args.against, timelines[0].costs.unit)
         sys.stdout.write(json.dumps(doc) + "\n")
         return 0
     from rich.console import Console
@@ -116,13 +136,70 @@ def run(args: argparse.Namespace) -> int:
             )
         return 0
     timeline = timelines[0]
-    console.print(_rank_table(timeline))
+    console.print(_rank_table(timeline) if comparison is None else _against_table(comparison, args.against))
     from ppc.sim.gantt import gantt
 
     console.print(gantt(timeline, width=args.width or max(20, console.width - 10)), soft_wrap=True)
     for note in timeline.program.notes:
         console.print(f"note: {note}")
+    if comparison is not None:
+        console.print(
+            f"step time: predicted {comparison.predicted_makespan:.4g} s, measured "
+            f"{comparison.measured_makespan:.4g} s, prediction error {comparison.error:+.1%}",
+            highlight=False,
+        )
+        if timeline.costs.unit != "s":
+            console.print(f"note: the costs are in {timeline.costs.unit}, not seconds: give --costs from "
+                          "`ppc profile` for a meaningful error")
     return 0
+
+
+def _against(timeline, trace: str):
+    """Compare the timeline with the step of `trace` that `compare_trace` picks."""
+    from ppc.profiling.compare_trace import compare, load_trace
+
+    events = load_trace(trace)
+    ranks = {int(e.get("args", {}).get("rank", e.get("pid", 0))) for e in events}
+    if ranks != set(range(timeline.program.ranks)):
+        raise PpcError(
+            f"--against {trace}: the trace has ranks {sorted(ranks)}, the schedule has "
+            f"{timeline.program.ranks} (give the --ranks of the run)"
+        )
+    return compare(timeline, events)
+
+
+def _against_json(comparison, trace: str, unit: str) -> dict:
+    def side(s) -> dict:
+        return {"busy": s.busy, "idle": s.idle, "bubble": s.bubble}
+
+    return {
+        "trace": trace,
+        "unit": unit,
+        "predicted_makespan": comparison.predicted_makespan,
+        "measured_makespan": comparison.measured_makespan,
+        "error": comparison.error,
+        "per_rank": [
+            {"rank": r, "predicted": side(p), "measured": side(m)}
+            for r, (p, m) in enumerate(zip(comparison.predicted, comparison.measured))
+        ],
+    }
+
+
+def _against_table(comparison, trace: str):
+    from rich.table import Table
+
+    from ppc.profiling.compare_trace import render_rows
+
+    title = (
+        f"predicted vs measured ({trace}): makespan {comparison.predicted_makespan:.4g} s "
+        f"vs {comparison.measured_makespan:.4g} s"
+    )
+    table = Table(title=title)
+    for name in ("rank", "pred. busy", "pred. idle", "pred. bubble", "meas. busy", "meas. idle", "meas. bubble"):
+        table.add_column(name, justify="right")
+    for row in render_rows(comparison):
+        table.add_row(*row)
+    return table
 
 
 def _write_out(timelines, out: str) -> None:
