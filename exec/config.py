@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 from ppc.errors import RunError
 
+SPLIT_METHODS = ("cost", "layers", "params")
+"""The named split methods (ppc.frontend.split.SPLIT_METHODS; not imported: no torch here)."""
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunConfig:
@@ -20,7 +23,8 @@ class RunConfig:
     placement: str | None = None
     """None: the schedule's own placement; "loop" or "v" overrides it."""
     split: str = "cost"
-    """How the model is cut into stages: "cost", "layers" or "params"."""
+    """How the model is cut into stages: "cost", "layers", "params", or the blocks of each
+    stage as comma-separated counts ("3,2,2,1": one per stage, summing to the model's blocks)."""
     microbatches: int = 8
     microbatch_size: int = 1
     seq_len: int = 64
@@ -57,7 +61,28 @@ class RunConfig:
             raise RunError(f"--dtype must be fp32 or bf16, got {self.dtype!r}")
         if self.warmup < 0:
             raise RunError(f"--warmup must be >= 0, got {self.warmup}")
+        parse_split(self.split)
+
+    @property
+    def split_by(self) -> str | tuple[int, ...]:
+        """`split` as `ppc.frontend.split` takes it: a method name or blocks per stage."""
+        return parse_split(self.split)
 
     @property
     def tokens_per_step(self) -> int:
         return self.microbatches * self.microbatch_size * self.seq_len
+
+
+def parse_split(text: str) -> str | tuple[int, ...]:
+    """`--split`: a method in SPLIT_METHODS, or comma-separated blocks per stage (each >= 1)."""
+    if text in SPLIT_METHODS:
+        return text
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise RunError(
+            f"--split must be one of {', '.join(SPLIT_METHODS)} or blocks per stage such as 3,2,2,1; got {text!r}"
+        ) from None
+    if min(sizes) < 1:
+        raise RunError(f"--split {text}: every stage needs at least 1 block")
+    return sizes

@@ -60,7 +60,7 @@ def build_plan(config: RunConfig) -> Plan:
         stages=order.stages,
         seq_len=config.seq_len,
         microbatch_size=config.microbatch_size,
-        by=config.split,
+        by=config.split_by,
         seed=config.seed,
     )
     program = compile_program(order, split.graph)

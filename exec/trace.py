@@ -1,7 +1,9 @@
 """Chrome trace of executed instructions: one process row per rank, one slice per op.
 
 Every rank writes its slices to FILE.rank-R.json next to FILE; rank 0 merges them
-into FILE after a barrier (open it in chrome://tracing or Perfetto).
+into FILE after a barrier (open it in chrome://tracing or Perfetto). Each slice carries
+`args.rank` and `args.step` (0-based: a rank's slices up to and including its STEP
+instruction belong to that step), which `ppc simulate --against` reads.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ def write_trace(path: str, *, rank: int, records: list[tuple[str, float, float]]
             "tid": 0,
             "ts": start * 1e6,
             "dur": (end - start) * 1e6,
+            "args": {"rank": rank, "step": step},
         }
-        for name, start, end in records
+        for (name, start, end), step in zip(records, _steps(records))
     ]
     events.append({"name": "process_name", "ph": "M", "pid": rank, "args": {"name": f"rank {rank}"}})
     part = target.with_name(f"{target.name}.rank-{rank}.json")
@@ -46,3 +49,13 @@ def write_trace(path: str, *, rank: int, records: list[tuple[str, float, float]]
         if "ts" in event:
             event["ts"] -= origin
     target.write_text(json.dumps({"traceEvents": merged, "displayTimeUnit": "ms"}))
+
+
+def _steps(records: list[tuple[str, float, float]]) -> list[int]:
+    """The step of each record: the number of STEP instructions recorded before it."""
+    out, step = [], 0
+    for name, _, _ in records:
+        out.append(step)
+        if "STEP" in name:
+            step += 1
+    return out

@@ -10,6 +10,7 @@ never allocates another stage's parameters.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,11 +43,12 @@ def build_split(
     stages: int,
     seq_len: int,
     microbatch_size: int,
-    by: str = "cost",
+    by: str | Sequence[int] = "cost",
     seed: int = 0,
 ) -> SplitModel:
     """Build `model` on the meta device, trace it with labels (loss in the graph) for
-    microbatches of `microbatch_size` x `seq_len` tokens and split it into `stages`."""
+    microbatches of `microbatch_size` x `seq_len` tokens and split it into `stages`
+    (`by`: a split method or the blocks of each stage, as for `split`)."""
     if seq_len < 2 or microbatch_size < 1:
         raise ModelError(
             f"need seq_len >= 2 and microbatch_size >= 1, got {seq_len} and {microbatch_size}"

@@ -5,13 +5,15 @@ module with parameters). Everything before the first block joins stage 0, everyt
 after a block joins that block's stage (so the embedding is on the first stage and the
 final norm, lm_head and loss on the last). Cut positions minimise the largest per-stage
 weight, where the weight is estimated forward FLOPs (`by="cost"`), parameters
-(`by="params"`) or one per block (`by="layers"`).
+(`by="params"`) or one per block (`by="layers"`); or `by` gives the blocks of each
+stage explicitly (`by=(3, 2, 2, 1)`, summing to the model's number of blocks).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from torch import fx
@@ -63,6 +65,7 @@ class SplitModel:
     module: fx.GraphModule
     """The split graph: children submod_0..submod_{S-1}, called in a chain."""
     by: str = "cost"
+    """The split method, or the explicit blocks per stage as "3,2,2,1"."""
     blocks: tuple[str, ...] = ()
     """All blocks (cut units) of the model, in order."""
     unit_flops: tuple[float, ...] = ()
@@ -74,10 +77,14 @@ class SplitModel:
     """Where weights come from (set by build_split: source, init plan, buffers, seed)."""
 
 
-def split(gm: fx.GraphModule, stages: int, by: str = "cost") -> SplitModel:
-    """Split a GraphModule from `ppc.frontend.trace` into `stages` stages."""
-    if by not in SPLIT_METHODS:
-        raise ModelError(f"unknown split method {by!r}; known: {', '.join(SPLIT_METHODS)}")
+def split(gm: fx.GraphModule, stages: int, by: str | Sequence[int] = "cost") -> SplitModel:
+    """Split a GraphModule from `ppc.frontend.trace` into `stages` stages.
+
+    `by` is a method in SPLIT_METHODS or the blocks of each stage (one count >= 1 per
+    stage, summing to the model's number of blocks)."""
+    explicit = not isinstance(by, str)
+    if not explicit and by not in SPLIT_METHODS:
+        raise ModelError(f"unknown split method {by!r}; known: {', '.join(SPLIT_METHODS)}, or blocks per stage")
     if stages < 1:
         raise ModelError(f"stages must be at least 1, got {stages}")
     nodes = [n for n in gm.graph.nodes if n.op not in ("placeholder", "get_attr", "output")]
@@ -85,13 +92,32 @@ def split(gm: fx.GraphModule, stages: int, by: str = "cost") -> SplitModel:
         raise ModelError("split needs a GraphModule from ppc.frontend.trace (no shape metadata)")
     units = unit_nodes(gm, stages)
     segment = _segments(nodes, units)
-    weights = _weights(gm, nodes, segment, len(units), by)
-    sizes = balanced_sizes(weights, stages) if by != "layers" else equal_sizes(len(units), stages)
+    if explicit:
+        sizes = explicit_sizes(by, stages, len(units))
+    elif by == "layers":
+        sizes = equal_sizes(len(units), stages)
+    else:
+        sizes = balanced_sizes(_weights(gm, nodes, segment, len(units), by), stages)
     unit_stage = [s for s, size in enumerate(sizes) for _ in range(size)]
     stage_of = {n: unit_stage[segment[n]] for n in nodes}
     flops = _weights(gm, nodes, segment, len(units), "cost")
-    result = _assemble(gm, stage_of, units, unit_stage, stages, by)
+    label = ",".join(map(str, sizes)) if explicit else by
+    result = _assemble(gm, stage_of, units, unit_stage, stages, label)
     return dataclasses.replace(result, unit_flops=tuple(flops), sizes=tuple(sizes))
+
+
+def explicit_sizes(sizes: Sequence[int], stages: int, blocks: int) -> list[int]:
+    """Check a user's blocks per stage: `stages` counts, each >= 1, summing to `blocks`."""
+    sizes = list(sizes)
+    given = ",".join(map(str, sizes))
+    if any(isinstance(n, bool) or not isinstance(n, int) for n in sizes):
+        raise ModelError(f"split {given}: blocks per stage must be integers")
+    if len(sizes) != stages or min(sizes, default=0) < 1 or sum(sizes) != blocks:
+        raise ModelError(
+            f"split {given}: expected {stages} blocks-per-stage counts, each at least 1, summing to "
+            f"the model's {blocks} blocks (got {len(sizes)} counts summing to {sum(sizes)})"
+        )
+    return sizes
 
 
 def unit_nodes(gm: fx.GraphModule, stages: int) -> list[fx.Node]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
 
+from ppc.profiling.log_costs import EMBED, HEAD
 from ppc.profiling.plan import Candidate
 
 
@@ -25,9 +27,28 @@ def schedule_text(candidate: Candidate) -> str:
     return header + body
 
 
+def block_split(split: Sequence[int], units: Sequence[str]) -> tuple[int, ...] | None:
+    """The plan's units per stage as `ppc run --split` counts them: decoder blocks per stage.
+
+    `units` are the names of the plan's units in model order (CostProfile.layer_units()).
+    A logged profile counts the embedding (`embed`) and the head (`lm_head`) as units of
+    their own; the frontend cuts only between blocks and keeps them with the first and
+    last block, so they come off the first and last stage. `ppc profile`'s units are the
+    blocks themselves. None when the split cannot be given as blocks: a stage would hold
+    no block (e.g. `lm_head` alone), or the costs carry no per-layer units.
+    """
+    if not units or len(units) != sum(split) or all(name.startswith("stage") for name in units):
+        return None
+    sizes = list(split)
+    sizes[0] -= units[0] == EMBED
+    sizes[-1] -= units[-1] == HEAD
+    return tuple(sizes) if min(sizes) >= 1 else None
+
+
 def run_command(candidate: Candidate, *, schedule_path: str | Path, model: str, ranks: int,
-                seq_len: int | None = None) -> str:
-    """The `ppc run` command line that trains with this plan."""
+                seq_len: int | None = None, units: Sequence[str] = ()) -> str:
+    """The `ppc run` command line that trains with this plan (with `--split` when the
+    planned split can be given as blocks per stage; else the split as a comment)."""
     argv = [
         "ppc", "run", "--model", model, "--schedule", str(schedule_path),
         "--ranks", str(ranks), "--virtual", str(candidate.virtual),
@@ -35,5 +56,11 @@ def run_command(candidate: Candidate, *, schedule_path: str | Path, model: str, 
     ]
     if seq_len:
         argv += ["--seq-len", str(seq_len)]
-    # `ppc run --split` takes a method (cost, layers, params), not a list of layers per stage
-    return shlex.join(argv) + f"  # planned layers per stage: {','.join(map(str, candidate.split))}"
+    blocks = block_split(candidate.split, units)
+    if blocks is not None:
+        return shlex.join([*argv, "--split", ",".join(map(str, blocks))])
+    planned = ",".join(map(str, candidate.split))
+    return shlex.join(argv) + (
+        f"  # planned units per stage: {planned}; not expressible as --split "
+        "(a stage would hold no decoder block, or the costs have no per-layer units)"
+    )

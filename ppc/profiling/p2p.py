@@ -1,0 +1,135 @@
+"""`ppc profile --p2p`: point-to-point latency and bandwidth between two processes.
+
+Two processes join a process group of their own (gloo on the CPU; NCCL with one GPU
+each when the device is cuda and two GPUs exist). Latency is the median round trip of a
+small message, halved; bandwidth is a large message's bytes over its median one-way time
+(a round trip of the large message out and a small acknowledgement back, less the
+latency of that acknowledgement). Both go into the costs JSON's "comm" (ppc/costs.py).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import socket
+import statistics
+import time
+from dataclasses import dataclass
+
+from ppc.errors import CostError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["P2PResult", "measure_p2p"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class P2PResult:
+    latency: float
+    """Seconds per message (half the median small round trip)."""
+    bandwidth: float
+    """Bytes per second of a large message."""
+    backend: str
+    large_bytes: int
+
+    def describe(self) -> str:
+        return (f"{self.backend}: latency {self.latency * 1e6:.1f} us, bandwidth "
+                f"{self.bandwidth / 1e9:.3f} GB/s ({self.large_bytes / 2**20:.0f} MiB messages)")
+
+
+def measure_p2p(device: str = "cpu", *, large_bytes: int = 16 * 2**20, repeats: int = 10,
+                warmup: int = 3, timeout: float = 120.0) -> P2PResult:
+    """Spawn two ranks and measure; raises CostError when they cannot be started."""
+    import torch
+    import torch.multiprocessing as mp
+
+    if repeats < 1 or warmup < 0 or large_bytes < 1024:
+        raise CostError(f"p2p needs repeats >= 1, warmup >= 0, large_bytes >= 1024; got {repeats}, "
+                        f"{warmup}, {large_bytes}")
+    cuda = device.startswith("cuda")
+    if cuda and torch.cuda.device_count() < 2:
+        raise CostError(f"--p2p on cuda needs two GPUs, torch sees {torch.cuda.device_count()}")
+    backend = "nccl" if cuda else "gloo"
+    context = mp.get_context("spawn")
+    queue = context.SimpleQueue()
+    port = _free_port()
+    settings = (backend, port, large_bytes, repeats, warmup, timeout)
+    procs = [context.Process(target=_rank_main, args=(rank, settings, queue), daemon=True) for rank in (0, 1)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout + 30)
+    if any(proc.is_alive() for proc in procs):
+        for proc in procs:
+            proc.kill()
+        raise CostError(f"p2p measurement ({backend}) did not finish in {timeout + 30:.0f} s")
+    if any(proc.exitcode for proc in procs) or queue.empty():
+        codes = [proc.exitcode for proc in procs]
+        raise CostError(f"p2p measurement ({backend}) failed: process exit codes {codes}")
+    kind, payload = queue.get()
+    if kind == "error":
+        raise CostError(f"p2p measurement ({backend}) failed: {payload}")
+    small_rtts, large_rtts = payload
+    latency = statistics.median(small_rtts) / 2
+    one_way = max(statistics.median(large_rtts) - latency, 1e-9)
+    result = P2PResult(latency=latency, bandwidth=large_bytes / one_way, backend=backend, large_bytes=large_bytes)
+    log.info("p2p %s", result.describe())
+    return result
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _rank_main(rank: int, settings: tuple, queue) -> None:
+    """One of the two ranks; rank 0 times round trips and puts them on `queue`."""
+    import torch
+    import torch.distributed as dist
+
+    backend, port, large_bytes, repeats, warmup, timeout = settings
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    try:
+        device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend, rank=rank, world_size=2, timeout=datetime.timedelta(seconds=timeout))
+        check = torch.ones(1, device=device)
+        dist.all_reduce(check)  # both up; NCCL's first point-to-point needs a prior collective
+        small = torch.zeros(2, dtype=torch.float32, device=device)
+        large = torch.zeros(large_bytes // 4, dtype=torch.float32, device=device)
+        small_rtts = _round_trips(rank, small, small, warmup, repeats * 5, device)
+        large_rtts = _round_trips(rank, large, small, warmup, repeats, device)
+        if rank == 0:
+            queue.put(("ok", (small_rtts, large_rtts)))
+        dist.barrier()
+        dist.destroy_process_group()
+    except Exception as error:  # reported to the parent as one line
+        if rank == 0:
+            queue.put(("error", f"{type(error).__name__}: {error}"))
+        raise
+
+
+def _round_trips(rank: int, out, back, warmup: int, repeats: int, device) -> list[float]:
+    """Rank 0 sends `out` to rank 1, which answers with `back`; rank 0's round-trip times."""
+    import torch
+    import torch.distributed as dist
+
+    times = []
+    for i in range(warmup + repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        began = time.perf_counter()
+        if rank == 0:
+            dist.send(out, 1)
+            dist.recv(back, 1)
+        else:
+            dist.recv(out, 0)
+            dist.send(back, 0)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - began)
+    return times
