@@ -18,7 +18,7 @@ class Kind(str, Enum):
 
     F = "F"  # forward
     B = "B"  # full backward (inputs and weights)
-    I = "I"  # noqa: E741  backward for inputs only; must be followed by W on the same stage
+    I = "I"
     W = "W"  # backward for weights only; needs the I of the same (stage, microbatch)
 
     def __str__(self) -> str:

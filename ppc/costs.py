@@ -88,7 +88,7 @@ class CostModel:
         return self.latency + (nbytes / self.bandwidth if nbytes else 0.0)
 
     @classmethod
-    def uniform(cls, stages: int, *, F: float = 1.0, I: float = 1.0, W: float = 1.0) -> CostModel:  # noqa: E741
+    def uniform(cls, stages: int, *, F: float = 1.0, I: float = 1.0, W: float = 1.0) -> CostModel:
         return cls(forward=(F,) * stages, backward_input=(I,) * stages, backward_weight=(W,) * stages)
 
     @classmethod

@@ -16,7 +16,7 @@ class Op(str, Enum):
     """Forward of (stage, mb); its inputs were received or are local."""
     B = "B"
     """Full backward of (stage, mb); needs the F and the output gradients."""
-    I = "I"  # noqa: E741
+    I = "I"
     """Backward for inputs only; a W of the same (stage, mb) must follow on this rank."""
     W = "W"
     """Backward for weights only; needs the I of the same (stage, mb)."""
