@@ -49,18 +49,43 @@ BASE_FUNCTIONS: dict[str, Callable[..., int]] = {
 }
 
 
+Compiled = Callable[[Scope], int]
+_COMPILED: dict[int, tuple[ast.Expr, Compiled]] = {}
+
+
 def evaluate(expr: ast.Expr, scope: Scope) -> int:
-    """The integer value of `expr`; booleans are 1/0. Raises ScheduleError at expr's position."""
+    """The integer value of `expr`; booleans are 1/0. Raises ScheduleError at expr's position.
+
+    Each expression is compiled once into nested closures (expansion evaluates the same
+    few expressions hundreds of thousands of times at R=64, M=512)."""
+    entry = _COMPILED.get(id(expr))
+    if entry is None or entry[0] is not expr:
+        entry = _COMPILED[id(expr)] = (expr, _compile(expr))
+    return entry[1](scope)
+
+
+def _compile(expr: ast.Expr) -> Compiled:
     if isinstance(expr, ast.Num):
-        return expr.value
+        value = expr.value
+        return lambda scope: value
     if isinstance(expr, ast.Name):
-        return _lookup(expr, scope)
+        name = expr.id
+
+        def lookup(scope: Scope) -> int:
+            try:
+                return scope.names[name]
+            except KeyError:
+                return _lookup(expr, scope)
+
+        return lookup
     if isinstance(expr, ast.Unary):
-        value = evaluate(expr.operand, scope)
-        return -value if expr.op == "-" else int(not value)
+        operand = _compile(expr.operand)
+        if expr.op == "-":
+            return lambda scope: -operand(scope)
+        return lambda scope: int(not operand(scope))
     if isinstance(expr, ast.BinOp):
-        return _binop(expr, scope)
-    return _call(expr, scope)
+        return _compile_binop(expr)
+    return lambda scope: _call(expr, scope)
 
 
 def _lookup(expr: ast.Name, scope: Scope) -> int:
@@ -70,16 +95,23 @@ def _lookup(expr: ast.Name, scope: Scope) -> int:
     return scope.names[expr.id]
 
 
-def _binop(expr: ast.BinOp, scope: Scope) -> int:
-    left = evaluate(expr.left, scope)
+def _compile_binop(expr: ast.BinOp) -> Compiled:
+    left, right = _compile(expr.left), _compile(expr.right)
     if expr.op == "and":
-        return int(bool(left) and bool(evaluate(expr.right, scope)))
+        return lambda scope: int(bool(left(scope)) and bool(right(scope)))
     if expr.op == "or":
-        return int(bool(left) or bool(evaluate(expr.right, scope)))
-    right = evaluate(expr.right, scope)
-    if expr.op in ("//", "%") and right == 0:
-        raise ScheduleError(f"division by zero in {expr.op}", pos=expr.pos)
-    return _ARITH[expr.op](left, right)
+        return lambda scope: int(bool(left(scope)) or bool(right(scope)))
+    apply = _ARITH[expr.op]
+    if expr.op not in ("//", "%"):
+        return lambda scope: apply(left(scope), right(scope))
+
+    def divide(scope: Scope) -> int:
+        a, b = left(scope), right(scope)
+        if b == 0:
+            raise ScheduleError(f"division by zero in {expr.op}", pos=expr.pos)
+        return apply(a, b)
+
+    return divide
 
 
 def _call(expr: ast.Call, scope: Scope) -> int:
