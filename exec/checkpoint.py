@@ -8,6 +8,7 @@ Layout of a resumable checkpoint directory:
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import torch
@@ -88,13 +89,14 @@ def save_merged(directory: str, *, model: str, rank: int, named: dict[str, torch
     torch.save({k: v.detach().float().cpu() for k, v in named.items()}, parts / f"rank-{rank}.pt")
     _barrier()
     if rank == 0:
+        # only this run's ranks: a reused DIR may hold parts of an earlier, wider run
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        files = [parts / f"rank-{r}.pt" for r in range(world)]
         merged: dict[str, torch.Tensor] = {}
-        for part in sorted(parts.glob("rank-*.pt")):
+        for part in files:
             merged.update(torch.load(part, map_location="cpu", weights_only=True))
         write_hf(out, model=model, weights=merged)
-        for part in parts.glob("rank-*.pt"):
-            part.unlink()
-        parts.rmdir()
+        shutil.rmtree(parts)
     _barrier()
 
 

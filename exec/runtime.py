@@ -3,7 +3,8 @@
 Dispatch goes through one `{Op: handler}` table built once. Adjacent communication
 instructions form a group posted as one batch_isend_irecv; a received tensor is waited
 for only by the op that reads it. Values handed between stages of the same rank never
-touch the transport. Every stage input that comes from another stage is a fresh leaf,
+touch the transport. Receive buffers are allocated once, from the tensor specs, when the
+runtime is built. Every stage input that comes from another stage is a fresh leaf,
 so each stage's backward stops at its own inputs and hands their gradients on.
 """
 
@@ -16,7 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from ppc.exec.autograd_split import backward_full, backward_input, backward_weight, free_storage
+from ppc.exec.autograd_split import (
+    WeightWork,
+    backward_full,
+    backward_input,
+    backward_weight,
+    free_storage,
+)
 from ppc.exec.p2p import BufferPool, Pending, Transport, spec_dtype
 
 from ppc.compiler.instructions import Instruction, Op, Program
@@ -36,8 +43,8 @@ class _Act:
     """Stage inputs that want a gradient (leaves), by value name."""
     outputs: list[tuple[str, torch.Tensor]]
     """Outputs a gradient can flow into: the loss and values with grad-needing consumers."""
-    roots: list[torch.Tensor] = field(default_factory=list)
-    grads: list[torch.Tensor] = field(default_factory=list)
+    work: WeightWork | None = None
+    """What the I left for the W."""
     buffers: list[torch.Tensor] = field(default_factory=list)
 
 
@@ -75,6 +82,7 @@ class RankRuntime:
         self.params = {s: [p for p in m.parameters() if p.requires_grad] for s, m in modules.items()}
         self.pool = BufferPool(device)
         self.transport = Transport(device=device, pool=self.pool)
+        self._preallocate()
         self._on_reduce_tied, self._on_step, self._observer = on_reduce_tied, on_step, observer
         self._uses = self._count_uses()
         self.trace_records: list[tuple[str, float, float]] | None = [] if trace else None
@@ -265,14 +273,16 @@ class RankRuntime:
 
     def _backward_input(self, ins: Instruction) -> None:
         act, roots, grads = self._roots(ins)
-        act.roots, act.grads = roots, grads
-        self._hand_back(ins, act, backward_input(roots, grads, [leaf for _, leaf in act.inputs]))
+        leaves = [leaf for _, leaf in act.inputs]
+        input_grads, act.work = backward_input(roots, grads, leaves, self.params[ins.stage])
+        act.outputs = []  # W starts inside the graph; the outputs are no longer needed
+        self._hand_back(ins, act, input_grads)
 
     def _backward_weight(self, ins: Instruction) -> None:
         act = self._acts.get((ins.stage, ins.mb))
-        if act is None:
+        if act is None or act.work is None:
             raise RunError(f"rank {self.rank}: {ins} runs before the I of its microbatch")
-        backward_weight(act.roots, act.grads, self.params[ins.stage])
+        backward_weight(act.work)
         self._release(ins, act)
 
     def _autocast(self):
@@ -337,6 +347,31 @@ class RankRuntime:
         self._wait_all()
         if self._on_step is not None:
             self._on_step()
+
+    def _preallocate(self) -> None:
+        """Fill the pool from the tensor specs with as many receive buffers of each
+        (shape, dtype) as the program holds at once, so that no receive allocates.
+
+        A received activation is held until the step ends; a received gradient until the
+        B or W of the stage that produced its value."""
+        live: Counter = Counter()
+        peak: Counter = Counter()
+        held: dict[tuple[int, int], list[tuple]] = {}
+        for ins in self.instructions:
+            if ins.op in (Op.RECV_F, Op.RECV_B):
+                for spec in ins.tensors:
+                    key = (tuple(spec.shape), spec_dtype(spec))
+                    live[key] += 1
+                    peak[key] = max(peak[key], live[key])
+                    value = self.values.get(spec.name)
+                    if ins.op == Op.RECV_B and value is not None:
+                        held.setdefault((value.producer, ins.mb), []).append(key)
+            elif ins.op in (Op.B, Op.W):
+                for key in held.pop((ins.stage, ins.mb), []):
+                    live[key] -= 1
+        for (shape, dtype), count in peak.items():
+            for _ in range(count):
+                self.pool.give(torch.empty(shape, dtype=dtype, device=self.device))
 
     def _count_uses(self) -> Counter:
         """Per (value, mb): local forwards that read it plus sends that carry it."""

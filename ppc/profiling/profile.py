@@ -244,9 +244,10 @@ def _measure_stage(split, stage, run_forward, params, request, device, values, s
 
     def split_times():
         ready = graphs()
-        t_i = timer(lambda: [backward_input(r, g, leaves) for r, g, leaves in ready]) / burst
-        t_w = timer(lambda: [backward_weight(r, g, params) for r, g, _ in ready]) / burst
-        return t_i, t_w
+        works = []
+        t_i = timer(lambda: works.extend(backward_input(r, g, leaves, params)[1] for r, g, leaves in ready))
+        t_w = timer(lambda: [backward_weight(work) for work in works])
+        return t_i / burst, t_w / burst
 
     f = _median(forward_only, request)
     b = _median(full, request)
