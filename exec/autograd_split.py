@@ -101,8 +101,12 @@ def _take_grads(leaves: Sequence[torch.Tensor]) -> tuple[torch.Tensor | None, ..
 
 
 def backward_full(roots, grads, inputs, params) -> tuple[torch.Tensor | None, ...]:
-    """B: input gradients returned, parameter gradients accumulated into `.grad`."""
-    _run(roots, grads, [*inputs, *params], retain=False, accumulate=True)
+    """B: input gradients returned, parameter gradients accumulated into `.grad`.
+
+    A stage's graph has no leaves but its inputs and parameters, so the engine runs
+    unfiltered (no `inputs=`), as a plain `loss.backward()` does: cheaper per call."""
+    if roots and (inputs or params):
+        _engine_run_backward(tuple(roots), tuple(grads), False, False, (), True, True)
     return _take_grads(inputs)
 
 
