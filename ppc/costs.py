@@ -24,6 +24,16 @@ from ppc.errors import CostError
 _KEYS = {"F", "B", "I", "W", "latency", "bandwidth", "weight_share", "step"}
 
 
+def read_costs_json(path: str | Path) -> dict:
+    """A costs file's JSON, or one CostError line (missing file, bad JSON with position)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise CostError(f"{path}: no such costs file") from None
+    except json.JSONDecodeError as exc:
+        raise CostError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CostModel:
     forward: tuple[float, ...]
@@ -155,14 +165,7 @@ class CostModel:
         if spec is None:
             return cls.uniform(stages)
         if spec.endswith(".json") or Path(spec).is_file():
-            path = Path(spec)
-            try:
-                data = json.loads(path.read_text())
-            except FileNotFoundError:
-                raise CostError(f"{spec}: no such costs file") from None
-            except json.JSONDecodeError as exc:
-                raise CostError(f"{spec}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
-            return cls.from_dict(data, stages, source=spec)
+            return cls.from_dict(read_costs_json(spec), stages, source=spec)
         return cls.parse_inline(spec, stages)
 
     def to_dict(self) -> dict:

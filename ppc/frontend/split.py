@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from torch import fx
 
+from ppc.balance import balanced_partition
 from ppc.compiler.stage_graph import StageGraph
 from ppc.errors import ModelError
 from ppc.frontend import routing
@@ -176,27 +177,7 @@ def equal_sizes(units: int, stages: int) -> list[int]:
 
 def balanced_sizes(weights: list[float], stages: int) -> list[int]:
     """Contiguous groups of `weights` (each non-empty) that minimise the largest sum."""
-    n = len(weights)
-    prefix = [0.0]
-    for w in weights:
-        prefix.append(prefix[-1] + w)
-    inf = float("inf")
-    # best[k][i]: smallest max-sum splitting the first i units into k groups
-    best = [[inf] * (n + 1) for _ in range(stages + 1)]
-    choice = [[0] * (n + 1) for _ in range(stages + 1)]
-    best[0][0] = 0.0
-    for k in range(1, stages + 1):
-        for i in range(k, n - (stages - k) + 1):
-            for j in range(k - 1, i):
-                cost = max(best[k - 1][j], prefix[i] - prefix[j])
-                if cost < best[k][i]:
-                    best[k][i], choice[k][i] = cost, j
-    sizes, i = [], n
-    for k in range(stages, 0, -1):
-        j = choice[k][i]
-        sizes.append(i - j)
-        i = j
-    return sizes[::-1]
+    return list(balanced_partition(weights, stages))
 
 
 def _assemble(gm, stage_of, units, unit_stage, stages: int, by: str) -> SplitModel:

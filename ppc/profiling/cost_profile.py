@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ppc.compiler.instructions import TensorSpec
 from ppc.compiler.stage_graph import StageGraph, StageValue
-from ppc.costs import CostModel
+from ppc.costs import CostModel, read_costs_json
 from ppc.errors import CostError
 
 
@@ -119,14 +119,7 @@ class CostProfile:
 
     @classmethod
     def load(cls, path: str | Path) -> CostProfile:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise CostError(f"{path}: no such costs file") from None
-        except json.JSONDecodeError as exc:
-            raise CostError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_costs_json(path), source=str(path))
 
     def to_dict(self) -> dict:
         data = self.stage_costs.to_dict()
