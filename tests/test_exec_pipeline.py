@@ -1,11 +1,14 @@
 """Pipelined training on 4 real gloo ranks equals the single-process reference.
 
-One launch of 4 ranks runs every schedule in turn (process start-up dominates CI time);
-each schedule's per-step losses and final weights must match the reference loop.
+One launch of 4 ranks runs every schedule in turn, on tiny-llama (traced and split by the
+real frontend) and on a toy model with a tied embedding and a skip value sent to a
+non-adjacent stage (process start-up dominates CI time); each run's per-step losses and
+final weights must match the reference loop.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from ppc.exec.config import RunConfig
+from ppc.exec.plan import build_plan
 from ppc.exec.reference import train_reference
 from ppc.exec.train import train_pipeline
 from test_exec_fixture import ToyLM, free_port, init_gloo, toy_loss, toy_plan
@@ -25,6 +29,9 @@ CONFIG = RunConfig(
     model="toy", ranks=WORLD, microbatches=8, microbatch_size=2, seq_len=16, steps=3,
     lr=1e-2, warmup=1, clip=0.5, seed=0,
 )
+
+LLAMA = dataclasses.replace(CONFIG, model="tiny-llama", lr=3e-3)
+MODELS = ("toy", "tiny-llama")
 
 CUSTOM = '''"""GPipe with a split backward: all F, then all I, then all W."""
 schedule gpipe_split
@@ -58,27 +65,35 @@ def cases(tmp: Path) -> list[tuple[str, str, int]]:
 def _worker(rank: int, port: int, tmp: str) -> None:
     init_gloo(rank, WORLD, port)
     try:
-        for case, spec, virtual in cases(Path(tmp)):
-            order = load_schedule(spec).expand(ranks=WORLD, microbatches=CONFIG.microbatches, virtual=virtual)
-            plan = toy_plan(order, seed=CONFIG.seed, microbatch_size=CONFIG.microbatch_size, seq_len=CONFIG.seq_len)
-            result = train_pipeline(CONFIG, plan, device=torch.device("cpu"))
-            weights = {
-                plan.split.stages[s].param_names[n]: p.detach().clone()
-                for s, m in result.modules.items()
-                for n, p in m.named_parameters()
-            }
-            losses = [r.loss for r in result.history]
-            torch.save({"losses": losses, "weights": weights}, Path(tmp) / f"{case}-{rank}.pt")
-            dist.barrier()
+        for model in MODELS:
+            for case, spec, virtual in cases(Path(tmp)):
+                _run_case(model, case, spec, virtual, rank, Path(tmp))
         _resume_case(Path(tmp))
     finally:
         dist.destroy_process_group()
 
 
+def _run_case(model: str, case: str, spec: str, virtual: int, rank: int, tmp: Path) -> None:
+    if model == "toy":
+        config = CONFIG
+        order = load_schedule(spec).expand(ranks=WORLD, microbatches=CONFIG.microbatches, virtual=virtual)
+        plan = toy_plan(order, seed=CONFIG.seed, microbatch_size=CONFIG.microbatch_size, seq_len=CONFIG.seq_len)
+    else:
+        config = dataclasses.replace(LLAMA, schedule=spec, virtual=virtual)
+        plan = build_plan(config)
+    result = train_pipeline(config, plan, device=torch.device("cpu"))
+    weights = {
+        plan.split.stages[s].param_names.get(n, n): p.detach().clone()
+        for s, m in result.modules.items()
+        for n, p in m.named_parameters()
+    }
+    losses = [r.loss for r in result.history]
+    torch.save({"losses": losses, "weights": weights}, tmp / f"{model}-{case}-{rank}.pt")
+    dist.barrier()
+
+
 def _resume_case(tmp: Path) -> None:
     """zb_h1 for 4 steps with a checkpoint after 2, then a second run resumed from it."""
-    import dataclasses
-
     order = load_schedule("zb_h1").expand(ranks=WORLD, microbatches=CONFIG.microbatches)
     plan = toy_plan(order, seed=CONFIG.seed, microbatch_size=CONFIG.microbatch_size, seq_len=CONFIG.seq_len)
     full = dataclasses.replace(CONFIG, steps=4, checkpoint_every=2, checkpoint_dir=str(tmp / "ckpt"))
@@ -102,27 +117,35 @@ def pipeline_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pipe")
     mp.spawn(_worker, args=(free_port(), str(tmp)), nprocs=WORLD, join=True)
     runs = {}
-    for case, _, _ in cases(tmp):
-        parts = [torch.load(tmp / f"{case}-{r}.pt") for r in range(WORLD)]
-        weights = {}
-        for part in parts:
-            weights.update(part["weights"])
-        losses = [p["losses"] for p in parts if p["losses"]]
-        runs[case] = (losses, weights)
+    for model in MODELS:
+        for case, _, _ in cases(tmp):
+            parts = [torch.load(tmp / f"{model}-{case}-{r}.pt") for r in range(WORLD)]
+            weights = {}
+            for part in parts:
+                weights.update(part["weights"])
+            losses = [p["losses"] for p in parts if p["losses"]]
+            runs[model, case] = (losses, weights)
     runs["_tmp"] = tmp
     return runs
 
 
 @pytest.fixture(scope="module")
-def reference():
-    model, history = train_reference(CONFIG, device=torch.device("cpu"), model=ToyLM(CONFIG.seed), loss_fn=toy_loss)
-    return [r.loss for r in history], dict(model.named_parameters())
+def references():
+    toy, toy_history = train_reference(
+        CONFIG, device=torch.device("cpu"), model=ToyLM(CONFIG.seed), loss_fn=toy_loss
+    )
+    llama, llama_history = train_reference(LLAMA, device=torch.device("cpu"))
+    return {
+        "toy": ([r.loss for r in toy_history], dict(toy.named_parameters())),
+        "tiny-llama": ([r.loss for r in llama_history], dict(llama.named_parameters())),
+    }
 
 
+@pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("case", ["gpipe", "1f1b", "interleaved_1f1b", "zb_h1", "zbv", "custom_ppc", "torch_csv"])
-def test_pipeline_equals_reference(case, pipeline_runs, reference):
-    losses, weights = pipeline_runs[case]
-    ref_losses, ref_weights = reference
+def test_pipeline_equals_reference(model, case, pipeline_runs, references):
+    losses, weights = pipeline_runs[model, case]
+    ref_losses, ref_weights = references[model]
     assert len(losses) == 1, "exactly one rank reports the loss"
     assert losses[0] == pytest.approx(ref_losses, rel=1e-4)
     assert ref_losses[-1] < ref_losses[0]
