@@ -142,9 +142,31 @@ class RankRuntime:
         handler = self.handlers.get(ins.op)
         if handler is None:
             raise RunError(f"rank {self.rank}: no handler for instruction {ins}")
+        if self.trace_records is not None:
+            self._await_inputs(ins)
         start = time.perf_counter()
         handler(ins)
         self._record(str(ins), start)
+
+    def _await_inputs(self, ins: Instruction) -> None:
+        """Wait for the receives `ins` reads before it starts, so a trace shows the wait as
+        its own `wait` slice instead of inside the op (only when tracing)."""
+        if ins.op == Op.F:
+            names = self.split.stages[ins.stage].inputs
+            slots = [self._fwd.get((name, ins.mb)) for name in names]
+            pending = [slot[1] for slot in slots if slot is not None and slot[1] is not None]
+        elif ins.op in (Op.B, Op.I):
+            act = self._acts.get((ins.stage, ins.mb))
+            names = [name for name, _ in act.outputs] if act is not None else []
+            pending = [p for name in names for _, p in self._out_grads.get((name, ins.mb), ()) if p is not None]
+        else:
+            pending = []
+        pending = [p for p in pending if not p.done]
+        if pending:
+            start = time.perf_counter()
+            for p in pending:
+                p.wait()
+            self._record(f"wait {ins}", start)
 
     def _run_comm(self, step: int, group: tuple[Instruction, ...]) -> None:
         self.current = (step, group[0])

@@ -44,6 +44,17 @@ def test_trace_events_carry_rank_and_step(trace):
     assert sorted((e["args"]["rank"], e["args"]["step"]) for e in steps) == [(r, s) for r in range(4) for s in (0, 1)]
 
 
+def test_waits_for_receives_are_their_own_slices(trace):
+    events = [e for e in json.loads(Path(trace).read_text())["traceEvents"] if e["ph"] == "X"]
+    waits = [e for e in events if e["cat"] == "wait"]
+    # rank 0 never receives activations; every later rank waits for its first input
+    assert not [e for e in waits if e["args"]["rank"] == 0 and "F" in e["name"]]
+    assert any(e["name"] == "wait 3F0" for e in waits)
+    compute = {(e["args"]["rank"], e["args"]["step"], e["name"]) for e in events if e["cat"] in {"F", "B", "I", "W"}}
+    for wait in waits:  # each wait sits right before the op it names
+        assert (wait["args"]["rank"], wait["args"]["step"], wait["name"].split()[1]) in compute
+
+
 def test_table_has_rank_rows_and_finite_error(trace, capsys):
     code, out, _ = simulate(capsys, "1f1b", "-r", "4", "-m", "4", "--against", trace, "--width", "40")
     assert code == 0
