@@ -6,7 +6,10 @@ after a block joins that block's stage (so the embedding is on the first stage a
 final norm, lm_head and loss on the last). Cut positions minimise the largest per-stage
 weight, where the weight is estimated forward FLOPs (`by="cost"`), parameters
 (`by="params"`) or one per block (`by="layers"`); or `by` gives the blocks of each
-stage explicitly (`by=(3, 2, 2, 1)`, summing to the model's number of blocks).
+stage explicitly (`by=(3, 2, 2, 1)`, summing to the model's number of blocks). An
+explicit count may be 0 for the first stage (it then holds only what runs before the
+first block: the embedding) and for the last (only what runs after the last block:
+final norm, lm_head and loss), e.g. `by=(0, 4, 4, 0)`.
 """
 
 from __future__ import annotations
@@ -72,8 +75,11 @@ class SplitModel:
     unit_flops: tuple[float, ...] = ()
     """Estimated FLOPs per block, with what runs before the first block counted in the
     first and what runs after a block in that block."""
+    edge_flops: tuple[float, float] = (0.0, 0.0)
+    """Estimated FLOPs of what runs before the first block and after the last block
+    (already counted in `unit_flops`' first and last entries)."""
     sizes: tuple[int, ...] = ()
-    """Blocks per stage."""
+    """Blocks per stage (the first and last may be 0)."""
     extras: dict = field(default_factory=dict)
     """Where weights come from (set by build_split: source, init plan, buffers, seed)."""
 
@@ -81,8 +87,9 @@ class SplitModel:
 def split(gm: fx.GraphModule, stages: int, by: str | Sequence[int] = "cost") -> SplitModel:
     """Split a GraphModule from `ppc.frontend.trace` into `stages` stages.
 
-    `by` is a method in SPLIT_METHODS or the blocks of each stage (one count >= 1 per
-    stage, summing to the model's number of blocks)."""
+    `by` is a method in SPLIT_METHODS or the blocks of each stage (one count per stage,
+    summing to the model's number of blocks; each >= 1 except that the first and the last
+    may be 0, see the module docstring)."""
     explicit = not isinstance(by, str)
     if not explicit and by not in SPLIT_METHODS:
         raise ModelError(f"unknown split method {by!r}; known: {', '.join(SPLIT_METHODS)}, or blocks per stage")
@@ -91,7 +98,7 @@ def split(gm: fx.GraphModule, stages: int, by: str | Sequence[int] = "cost") -> 
     nodes = [n for n in gm.graph.nodes if n.op not in ("placeholder", "get_attr", "output")]
     if any("ppc" not in n.meta for n in nodes):
         raise ModelError("split needs a GraphModule from ppc.frontend.trace (no shape metadata)")
-    units = unit_nodes(gm, stages)
+    units = unit_nodes(gm, _block_stages(by, stages) if explicit else stages)
     segment = _segments(nodes, units)
     if explicit:
         sizes = explicit_sizes(by, stages, len(units))
@@ -100,25 +107,70 @@ def split(gm: fx.GraphModule, stages: int, by: str | Sequence[int] = "cost") -> 
     else:
         sizes = balanced_sizes(_weights(gm, nodes, segment, len(units), by), stages)
     unit_stage = [s for s, size in enumerate(sizes) for _ in range(size)]
-    stage_of = {n: unit_stage[segment[n]] for n in nodes}
+    stage_of = _stage_of(nodes, segment, units, unit_stage, stages)
     flops = _weights(gm, nodes, segment, len(units), "cost")
     label = ",".join(map(str, sizes)) if explicit else by
     result = _assemble(gm, stage_of, units, unit_stage, stages, label)
-    return dataclasses.replace(result, unit_flops=tuple(flops), sizes=tuple(sizes))
+    _check_edge_stages(result, sizes, label)
+    return dataclasses.replace(result, unit_flops=tuple(flops), sizes=tuple(sizes),
+                               edge_flops=_edge_flops(nodes, units))
 
 
 def explicit_sizes(sizes: Sequence[int], stages: int, blocks: int) -> list[int]:
-    """Check a user's blocks per stage: `stages` counts, each >= 1, summing to `blocks`."""
+    """Check a user's blocks per stage: `stages` counts summing to `blocks`, each >= 1
+    except the first and the last, which may be 0 (a stage without blocks)."""
     sizes = list(sizes)
     given = ",".join(map(str, sizes))
     if any(isinstance(n, bool) or not isinstance(n, int) for n in sizes):
         raise ModelError(f"split {given}: blocks per stage must be integers")
-    if len(sizes) != stages or min(sizes, default=0) < 1 or sum(sizes) != blocks:
+    middle = [s for s in range(1, len(sizes) - 1) if sizes[s] == 0]
+    if middle and len(sizes) == stages and min(sizes) >= 0:
         raise ModelError(
-            f"split {given}: expected {stages} blocks-per-stage counts, each at least 1, summing to "
-            f"the model's {blocks} blocks (got {len(sizes)} counts summing to {sum(sizes)})"
+            f"split {given}: stage {middle[0]} has 0 blocks; a middle stage needs each at least 1 "
+            "block (only the first stage, then the embedding alone, or the last, then the final "
+            "norm, lm_head and loss alone, may have 0)"
+        )
+    if len(sizes) != stages or min(sizes, default=0) < 0 or middle or sum(sizes) != blocks:
+        raise ModelError(
+            f"split {given}: expected {stages} blocks-per-stage counts, each at least 1 (0 allowed "
+            f"for the first and last stage), summing to the model's {blocks} blocks (got "
+            f"{len(sizes)} counts summing to {sum(sizes)})"
         )
     return sizes
+
+
+def _block_stages(sizes: Sequence, stages: int) -> int:
+    """How many stages of an explicit split hold blocks (its first and last may not)."""
+    sizes = list(sizes)
+    ends = (sizes[:1] == [0]) + (len(sizes) > 1 and sizes[-1:] == [0])
+    return max(1, stages - ends)
+
+
+def _stage_of(nodes, segment, units, unit_stage, stages: int) -> dict[fx.Node, int]:
+    """Node -> stage: a block's stage for the nodes from it to the next block, stage 0
+    for what runs before the first block, the last stage for what runs after the last."""
+    first, last = nodes.index(units[0]), nodes.index(units[-1])
+    return {
+        n: 0 if i < first else stages - 1 if i > last else unit_stage[segment[n]]
+        for i, n in enumerate(nodes)
+    }
+
+
+def _edge_flops(nodes, units) -> tuple[float, float]:
+    first, last = nodes.index(units[0]), nodes.index(units[-1])
+    return (float(sum(info(n).flops for n in nodes[:first])),
+            float(sum(info(n).flops for n in nodes[last + 1:])))
+
+
+def _check_edge_stages(result: SplitModel, sizes: list[int], label: str) -> None:
+    """A stage without blocks must still hold weights (embedding, head), else it is empty."""
+    for index in {0, len(sizes) - 1}:
+        if sizes[index] == 0 and result.stages[index].params == 0:
+            where = "before the first" if index == 0 else "after the last"
+            raise ModelError(
+                f"split {label}: stage {index} has no block and nothing with parameters runs "
+                f"{where} block; give it at least 1 block"
+            )
 
 
 def unit_nodes(gm: fx.GraphModule, stages: int) -> list[fx.Node]:
@@ -269,12 +321,20 @@ def balance(per_stage: list[float]) -> float:
 def stage_costs(split_model: SplitModel, sizes: list[int] | None = None) -> list[float]:
     """Estimated FLOPs per stage when stage s runs sizes[s] consecutive blocks (default:
     the split's own sizes). Stage 0 also runs everything before the first block, the
-    last stage everything after the last block; recomputed values are not counted."""
+    last stage everything after the last block (alone when its count is 0); recomputed
+    values are not counted."""
     sizes = list(sizes or split_model.sizes)
     totals, at = [], 0
     for size in sizes:
         totals.append(sum(split_model.unit_flops[at:at + size]))
         at += size
+    before, after = split_model.edge_flops
+    if len(sizes) > 1 and sizes[0] == 0:
+        totals[0] += before
+        totals[1] -= before
+    if len(sizes) > 1 and sizes[-1] == 0:
+        totals[-1] += after
+        totals[-2] -= after
     return totals
 
 

@@ -33,16 +33,19 @@ def block_split(split: Sequence[int], units: Sequence[str]) -> tuple[int, ...] |
     `units` are the names of the plan's units in model order (CostProfile.layer_units()).
     A logged profile counts the embedding (`embed`) and the head (`lm_head`) as units of
     their own; the frontend cuts only between blocks and keeps them with the first and
-    last block, so they come off the first and last stage. `ppc profile`'s units are the
-    blocks themselves. None when the split cannot be given as blocks: a stage would hold
-    no block (e.g. `lm_head` alone), or the costs carry no per-layer units.
+    last stage, so they come off the first and last stage's count, which may then be 0 (a
+    stage with the embedding alone, or with the head alone). `ppc profile`'s units are
+    the blocks themselves. None when the split cannot be given as blocks: a middle stage
+    would hold no block, or the costs carry no per-layer units.
     """
     if not units or len(units) != sum(split) or all(name.startswith("stage") for name in units):
         return None
     sizes = list(split)
     sizes[0] -= units[0] == EMBED
     sizes[-1] -= units[-1] == HEAD
-    return tuple(sizes) if min(sizes) >= 1 else None
+    if min(sizes) < 0 or min(sizes[1:-1], default=1) < 1 or sum(sizes) < 1:
+        return None
+    return tuple(sizes)
 
 
 def run_command(candidate: Candidate, *, schedule_path: str | Path, model: str, ranks: int,
@@ -62,5 +65,5 @@ def run_command(candidate: Candidate, *, schedule_path: str | Path, model: str, 
     planned = ",".join(map(str, candidate.split))
     return shlex.join(argv) + (
         f"  # planned units per stage: {planned}; not expressible as --split "
-        "(a stage would hold no decoder block, or the costs have no per-layer units)"
+        "(a middle stage would hold no decoder block, or the costs have no per-layer units)"
     )
