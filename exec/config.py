@@ -83,6 +83,6 @@ def parse_split(text: str) -> str | tuple[int, ...]:
         raise RunError(
             f"--split must be one of {', '.join(SPLIT_METHODS)} or blocks per stage such as 3,2,2,1; got {text!r}"
         ) from None
-    if min(sizes) < 1:
-        raise RunError(f"--split {text}: every stage needs at least 1 block")
+    if min(sizes) < 0 or min(sizes[1:-1], default=1) < 1:
+        raise RunError(f"--split {text}: every stage needs at least 1 block (the first and last may have 0)")
     return sizes

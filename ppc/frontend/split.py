@@ -274,8 +274,12 @@ def _canonical(gm: fx.GraphModule) -> dict[int, str]:
 
 
 def _stage_module(plan, module, canonical, units, unit_stage) -> StageModule:
-    originals = [plan.origin[n] for n in module.graph.nodes if n in plan.origin]
-    computed = [n for n in originals if n.op not in ("placeholder", "get_attr")]
+    # what the stage computes: its own non-input nodes (a received value is a placeholder
+    # here, though its original node computed it on the producing stage)
+    computed = [
+        plan.origin[n] for n in module.graph.nodes
+        if n in plan.origin and n.op not in ("placeholder", "get_attr")
+    ]
     return StageModule(
         index=plan.index,
         module=module,
