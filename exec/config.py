@@ -74,7 +74,8 @@ class RunConfig:
 
 
 def parse_split(text: str) -> str | tuple[int, ...]:
-    """`--split`: a method in SPLIT_METHODS, or comma-separated blocks per stage (each >= 1)."""
+    """`--split`: a method in SPLIT_METHODS, or comma-separated blocks per stage (each >= 1,
+    except that the first and last stage may have 0)."""
     if text in SPLIT_METHODS:
         return text
     try:

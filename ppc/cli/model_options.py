@@ -23,17 +23,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_model_split(args: argparse.Namespace, order: ComputeOrder):
     """The model traced and split into the order's stages (a ppc.frontend.SplitModel)."""
+    from ppc.exec.config import parse_split
     from ppc.frontend import build_split
 
-    by = args.split
-    if by and by[0].isdigit():
-        by = tuple(int(n) for n in by.split(","))
     return build_split(
         args.model,
         stages=order.stages,
         seq_len=args.seq_len,
         microbatch_size=args.microbatch_size,
-        by=by,
+        by=parse_split(args.split),
     )
 
 
