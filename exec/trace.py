@@ -3,7 +3,9 @@
 Every rank writes its slices to FILE.rank-R.json next to FILE; rank 0 merges them
 into FILE after a barrier (open it in chrome://tracing or Perfetto). Each slice carries
 `args.rank` and `args.step` (0-based: a rank's slices up to and including its STEP
-instruction belong to that step), which `ppc simulate --against` reads.
+instruction belong to that step), which `ppc simulate --against` reads, and `args.cpu_ms`,
+the CPU time the rank's thread spent in the slice (less than its length when the rank
+waited, or shared a core), which `ppc profile --ranks` reads.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch.distributed as dist
 __all__ = ["write_trace"]
 
 
-def write_trace(path: str, *, rank: int, records: list[tuple[str, float, float]]) -> None:
+def write_trace(path: str, *, rank: int, records: list[tuple[str, float, float, float]]) -> None:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     events = [
@@ -28,9 +30,9 @@ def write_trace(path: str, *, rank: int, records: list[tuple[str, float, float]]
             "tid": 0,
             "ts": start * 1e6,
             "dur": (end - start) * 1e6,
-            "args": {"rank": rank, "step": step},
+            "args": {"rank": rank, "step": step, "cpu_ms": round(cpu * 1e3, 4)},
         }
-        for (name, start, end), step in zip(records, _steps(records))
+        for (name, start, end, cpu), step in zip(records, _steps(records))
     ]
     events.append({"name": "process_name", "ph": "M", "pid": rank, "args": {"name": f"rank {rank}"}})
     part = target.with_name(f"{target.name}.rank-{rank}.json")
@@ -51,10 +53,10 @@ def write_trace(path: str, *, rank: int, records: list[tuple[str, float, float]]
     target.write_text(json.dumps({"traceEvents": merged, "displayTimeUnit": "ms"}))
 
 
-def _steps(records: list[tuple[str, float, float]]) -> list[int]:
+def _steps(records: list[tuple[str, float, float, float]]) -> list[int]:
     """The step of each record: the number of STEP instructions recorded before it."""
     out, step = [], 0
-    for name, _, _ in records:
+    for name, *_ in records:
         out.append(step)
         if "STEP" in name:
             step += 1

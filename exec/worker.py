@@ -14,6 +14,7 @@ from ppc.exec.trace import write_trace
 from ppc.exec.train import train_pipeline
 
 from ppc.errors import RunError
+from ppc.host import threads_per_rank
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ def _device(config: RunConfig) -> torch.device:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
         return torch.device("cuda", local)
+    # ranks on one host would each start a thread per core; share the cores instead
+    torch.set_num_threads(threads_per_rank(int(os.environ.get("LOCAL_WORLD_SIZE", config.ranks))))
     return torch.device("cpu")
 
 

@@ -7,9 +7,15 @@ They come inline (`F=1,I=1,W=1`), from a JSON file, or from `ppc profile`.
 JSON format (scalars apply to every stage; lists give one value per stage)::
 
     {"unit": "s", "F": [..], "I": [..], "W": [..],      # or "B" instead of I and W
-     "comm": {"latency": 1e-5, "bandwidth": 2.0e10},   # seconds, bytes per second
+     "comm": {"latency": 1e-5, "bandwidth": 2.0e10,    # seconds, bytes per second
+              "post": 2e-4},                           # rank time to post one group of P2P ops
      "activation_bytes": [..], "weight_share": 0.5,
-     "step": [..]}                                     # optimizer step (clip + AdamW) per stage
+     "step": [..],                                     # optimizer step (clip + AdamW) per stage
+     "host": {"cores": 1.7, "threads": 1}}             # ranks share `cores` CPUs (CPU runs)
+
+`host` matters for CPU runs where every rank is a process on one machine: when the ranks
+that are computing want more cores than there are, they share them and each op slows
+down in proportion (processor sharing). Leave it out when each rank has its own device.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from pathlib import Path
 
 from ppc.errors import CostError
 
-_KEYS = {"F", "B", "I", "W", "latency", "bandwidth", "weight_share", "step"}
+_KEYS = {"F", "B", "I", "W", "latency", "bandwidth", "weight_share", "step", "post", "cores", "threads"}
 
 
 def read_costs_json(path: str | Path) -> dict:
@@ -53,6 +59,14 @@ class CostModel:
     unit: str = "units"
     optimizer: tuple[float, ...] = field(default=())
     """Per stage, time of the optimizer step (clipping + AdamW) for its parameters (empty: 0)."""
+    post: float = 0.0
+    """Rank time spent posting one group of adjacent sends/receives (CPU work, not transfer)."""
+    cores: float | None = None
+    """CPU cores all ranks share (one host, CPU run), effective: `ppc profile --ranks` fits
+    it to a calibration run, below the physical count when the OS loses time switching
+    ranks; None: every rank has its own device."""
+    threads: int = 1
+    """Cores one computing rank keeps busy (its intra-op threads), when `cores` is set."""
 
     def __post_init__(self) -> None:
         n = len(self.forward)
@@ -68,6 +82,10 @@ class CostModel:
             raise CostError(f"costs: weight_share must be in [0, 1], got {self.weight_share!r}")
         if self.optimizer and len(self.optimizer) != n:
             raise CostError(f"costs: step has {len(self.optimizer)} values for {n} stages")
+        if self.post < 0 or not math.isfinite(self.post):
+            raise CostError(f"costs: post must be finite and >= 0, got {self.post!r}")
+        if self.cores is not None and not self.cores > 0 or self.threads < 1:
+            raise CostError(f"costs: host needs cores > 0 and threads >= 1, got {self.cores!r}, {self.threads!r}")
         if self.activation_bytes and len(self.activation_bytes) != n:
             raise CostError(f"costs: activation_bytes has {len(self.activation_bytes)} values for {n} stages")
 
@@ -96,6 +114,10 @@ class CostModel:
 
     def transfer(self, nbytes: int) -> float:
         return self.latency + (nbytes / self.bandwidth if nbytes else 0.0)
+
+    def shares_cores(self, ranks: int) -> bool:
+        """Whether `ranks` computing at once would want more cores than the host has."""
+        return self.cores is not None and ranks * self.threads > self.cores
 
     @classmethod
     def uniform(cls, stages: int, *, F: float = 1.0, I: float = 1.0, W: float = 1.0) -> CostModel:
@@ -129,6 +151,8 @@ class CostModel:
             other = tuple(b - g for b, g in zip(b_costs, given))
             i_costs, w_costs = (given, other) if i_costs is not None else (other, given)
         comm = data.get("comm", {})
+        host = data.get("host", {})
+        cores = host.get("cores", data.get("cores"))
         acts = data.get("activation_bytes", [])
         if isinstance(acts, (int, float)):
             acts = [acts] * stages
@@ -142,11 +166,15 @@ class CostModel:
             weight_share=float(data.get("weight_share", 0.5)),
             unit=str(data.get("unit", "units")),
             optimizer=per_stage("step") or (),
+            post=float(comm.get("post", data.get("post", 0.0))),
+            cores=None if cores is None else float(cores),
+            threads=int(host.get("threads", data.get("threads", 1))),
         )
 
     @classmethod
     def parse_inline(cls, text: str, stages: int) -> CostModel:
-        """Parse `F=1,I=1,W=1` (also B=, latency=, bandwidth=, weight_share=)."""
+        """Parse `F=1,I=1,W=1` (also B=, latency=, bandwidth=, weight_share=, step=, post=,
+        cores=, threads=)."""
         data: dict[str, float] = {}
         for part in filter(None, (p.strip() for p in text.split(","))):
             key, sep, value = part.partition("=")
@@ -181,4 +209,8 @@ class CostModel:
         }
         if self.optimizer:
             out["step"] = list(self.optimizer)
+        if self.post:
+            out["comm"]["post"] = self.post
+        if self.cores is not None:
+            out["host"] = {"cores": self.cores, "threads": self.threads}
         return out

@@ -10,6 +10,8 @@ rank's busy and idle time, the bubble and the critical path.
 
 from __future__ import annotations
 
+import heapq
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -119,21 +121,26 @@ def simulate(
 
 
 def _run(pg: ProgramGraph, costs: CostModel):
+    if costs.shares_cores(pg.program.ranks):
+        return _SharedCores(pg, costs).run()
     instrs, code, partner, rank_of = pg.instrs, pg.code, pg.partner, pg.rank_of
     ranks = pg.program.ranks
     n = len(instrs)
     dur = [[costs.duration(k, s) for s in range(costs.stages)] for k in "FBIW"]
     transfer = costs.transfer
-    placement = pg.program.placement
-    step_cost = [costs.step([s for s in range(len(placement)) if placement[s] == r]) for r in range(ranks)]
+    post_cost = costs.post
+    step_cost = _step_costs(pg, costs)
     seconds_of: dict[int, float] = {}
     start = [0.0] * n
     end = [0.0] * n
     pred = [-1] * n
     posted = bytearray(n)
+    opened = bytearray(n)
     arrive = [0.0] * n
     reached = bytearray(n)
     group_of = {g: members for members in pg.groups.values() for g in members}
+    steps = [g for g in range(n) if code[g] == opc.STEP]
+    steps_reached = 0
     ptr = list(pg.offset)
     limit = pg.offset[1:] + [n]
     free = [0.0] * ranks
@@ -151,27 +158,36 @@ def _run(pg: ProgramGraph, costs: CostModel):
                 t += d
                 work += d
                 end[g] = t
-            elif c == opc.SEND_F or c == opc.SEND_B:
-                start[g] = end[g] = t
-                tensors = instrs[g].tensors
-                seconds = seconds_of.get(id(tensors))
-                if seconds is None:
-                    seconds = seconds_of[id(tensors)] = transfer(sum(x.bytes for x in tensors))
-                arrive[g] = t + seconds
-                posted[g] = 1
-                woken = waiting.pop(g, None)
-                if woken:
-                    stack.extend(woken)
-            elif c == opc.RECV_F or c == opc.RECV_B:
-                h = partner[g]
-                if not posted[h]:
-                    waiting.setdefault(h, []).append(r)
-                    break
-                start[g] = t
-                if arrive[h] > t:
-                    t = arrive[h]
-                    pred[g] = h
-                end[g] = t
+            elif c <= opc.RECV_B:
+                if not opened[g]:
+                    # the executor posts a run of adjacent transfers as one batch: it pays
+                    # `post` once, and every send leaves before any receive is waited for
+                    t += post_cost
+                    j = g
+                    while j < lim and opc.SEND_F <= code[j] <= opc.RECV_B:
+                        opened[j] = 1
+                        if code[j] == opc.SEND_F or code[j] == opc.SEND_B:
+                            start[j] = end[j] = t
+                            tensors = instrs[j].tensors
+                            seconds = seconds_of.get(id(tensors))
+                            if seconds is None:
+                                seconds = seconds_of[id(tensors)] = transfer(sum(x.bytes for x in tensors))
+                            arrive[j] = t + seconds
+                            posted[j] = 1
+                            woken = waiting.pop(j, None)
+                            if woken:
+                                stack.extend(woken)
+                        j += 1
+                if c == opc.RECV_F or c == opc.RECV_B:
+                    h = partner[g]
+                    if not posted[h]:
+                        waiting.setdefault(h, []).append(r)
+                        break
+                    start[g] = t
+                    if arrive[h] > t:
+                        t = arrive[h]
+                        pred[g] = h
+                    end[g] = t
             elif c == opc.REDUCE_TIED:
                 reached[g] = 1
                 start[g] = t
@@ -190,10 +206,22 @@ def _run(pg: ProgramGraph, costs: CostModel):
                         ptr[mr], free[mr] = m + 1, t
                         stack.append(mr)
             elif c == opc.STEP:
+                # the global gradient norm is all-reduced first: every rank waits for the last
                 start[g] = t
-                t += step_cost[r]
-                work += step_cost[r]
-                end[g] = t
+                steps_reached += 1
+                if steps_reached < len(steps):
+                    break
+                last = max(steps, key=start.__getitem__)
+                synced = start[last] + transfer(8)
+                for m in steps:
+                    mr = rank_of[m]
+                    end[m] = synced + step_cost[mr]
+                    busy[mr] += step_cost[mr]
+                    if m != last:
+                        pred[m] = last
+                    if m != g:
+                        ptr[mr], free[mr] = m + 1, end[m]
+                t = end[g]
             else:
                 start[g] = end[g] = t
             g += 1
@@ -203,6 +231,172 @@ def _run(pg: ProgramGraph, costs: CostModel):
     if stuck:  # validation rules this out; keep the failure loud if it ever happens
         raise RuntimeError(f"timeline stalled on ranks {stuck}")
     return start, end, pred, busy
+
+
+def _step_costs(pg: ProgramGraph, costs: CostModel) -> list[float]:
+    placement = pg.program.placement
+    return [costs.step([s for s in range(len(placement)) if placement[s] == r]) for r in range(pg.program.ranks)]
+
+
+class _SharedCores:
+    """The timeline when ranks share too few CPU cores (processor sharing).
+
+    Event-driven: a rank is computing (CPU work left: an op, a group's posting, its
+    optimizer step), sleeping until a known time (a message on its way, a collective),
+    blocked (on a send not yet posted, or on the other members of a collective), or done.
+    Between events each of the n computing ranks progresses at
+    min(1, cores / (n * threads)) seconds of work per second, so a cost measured alone
+    stretches exactly while more ranks compute than the cores hold. Otherwise the same
+    semantics as the one-device-per-rank pass; busy time is wall time inside compute ops.
+    """
+
+    def __init__(self, pg: ProgramGraph, costs: CostModel):
+        self.pg, self.costs = pg, costs
+        n = len(pg.instrs)
+        self.ranks = pg.program.ranks
+        self.dur = [[costs.duration(k, s) for s in range(costs.stages)] for k in "FBIW"]
+        self.step_cost = _step_costs(pg, costs)
+        self.seconds_of: dict[int, float] = {}
+        self.start, self.end, self.pred = [0.0] * n, [0.0] * n, [-1] * n
+        self.arrive = [0.0] * n
+        self.posted, self.opened, self.reached = bytearray(n), bytearray(n), bytearray(n)
+        self.group_of = {g: members for members in pg.groups.values() for g in members}
+        self.steps = [g for g in range(n) if pg.code[g] == opc.STEP]
+        self.ptr = list(pg.offset)
+        self.limit = pg.offset[1:] + [n]
+        self.busy = [0.0] * self.ranks
+        self.left: dict[int, float] = {}
+        """CPU work left, per computing rank."""
+        self.ends: dict[int, bool] = {}
+        """Whether the computing rank's work ends its instruction (an op or STEP, not posting)."""
+        self.began: dict[int, float] = {}
+        self.sleep: list[tuple[float, int]] = []
+        self.waiting: dict[int, list[int]] = {}
+        self.ready: list[int] = list(range(self.ranks - 1, -1, -1))
+        self.now = 0.0
+
+    def run(self):
+        while True:
+            while self.ready:
+                self._advance(self.ready.pop())
+            if not self.left and not self.sleep:
+                break
+            rate = min(1.0, self.costs.cores / (len(self.left) * self.costs.threads)) if self.left else 0.0
+            t_done = self.now + min(self.left.values()) / rate if self.left else math.inf
+            t_next = min(t_done, self.sleep[0][0] if self.sleep else math.inf)
+            progress = (t_next - self.now) * rate
+            self.now = t_next
+            for r in list(self.left):
+                self.left[r] -= progress
+                if self.left[r] <= 1e-12 * max(1.0, t_next):
+                    self._finish(r)
+            while self.sleep and self.sleep[0][0] <= self.now:
+                self.ready.append(heapq.heappop(self.sleep)[1])
+        stuck = [r for r in range(self.ranks) if self.ptr[r] < self.limit[r]]
+        if stuck:  # validation rules this out; keep the failure loud if it ever happens
+            raise RuntimeError(f"timeline stalled on ranks {stuck}")
+        return self.start, self.end, self.pred, self.busy
+
+    def _compute(self, r: int, seconds: float, *, ends: bool) -> None:
+        self.left[r], self.ends[r], self.began[r] = seconds, ends, self.now
+        if seconds <= 0:
+            self._finish(r)
+
+    def _finish(self, r: int) -> None:
+        del self.left[r]
+        if self.ends.pop(r):
+            g = self.ptr[r]
+            self.end[g] = self.now
+            self.busy[r] += self.now - self.began[r]
+            self.ptr[r] = g + 1
+        self.ready.append(r)
+
+    def _post_sends(self, g: int, lim: int) -> None:
+        """Post every send of the transfer group g belongs to (from g on) at `now`."""
+        code, now = self.pg.code, self.now
+        while g < lim and opc.SEND_F <= code[g] <= opc.RECV_B:
+            if (code[g] == opc.SEND_F or code[g] == opc.SEND_B) and not self.posted[g]:
+                self.start[g] = self.end[g] = now
+                tensors = self.pg.instrs[g].tensors
+                seconds = self.seconds_of.get(id(tensors))
+                if seconds is None:
+                    seconds = self.seconds_of[id(tensors)] = self.costs.transfer(sum(x.bytes for x in tensors))
+                self.arrive[g] = now + seconds
+                self.posted[g] = 1
+                self.ready.extend(self.waiting.pop(g, ()))
+            g += 1
+
+    def _advance(self, r: int) -> None:
+        """Run rank r's instructions at `now` until it computes, sleeps or blocks."""
+        pg, code, now = self.pg, self.pg.code, self.now
+        g, lim = self.ptr[r], self.limit[r]
+        self.ptr[r] = lim
+        while g < lim:
+            c = code[g]
+            if c <= opc.W:
+                self.start[g] = now
+                self.ptr[r] = g
+                self._compute(r, self.dur[c][pg.instrs[g].stage], ends=True)
+                return
+            if c <= opc.RECV_B:
+                if not self.opened[g]:  # a new batch of transfers: pay for posting it first
+                    j = g
+                    while j < lim and opc.SEND_F <= code[j] <= opc.RECV_B:
+                        self.opened[j] = 1
+                        j += 1
+                    self.ptr[r] = g
+                    self._compute(r, self.costs.post, ends=False)
+                    return
+                self._post_sends(g, lim)
+                if c == opc.RECV_F or c == opc.RECV_B:
+                    h = pg.partner[g]
+                    if not self.reached[g]:
+                        self.reached[g] = 1
+                        self.start[g] = now
+                    if not self.posted[h]:
+                        self.ptr[r] = g
+                        self.waiting.setdefault(h, []).append(r)
+                        return
+                    if self.arrive[h] > now:
+                        self.pred[g] = h
+                        self.ptr[r] = g
+                        heapq.heappush(self.sleep, (self.arrive[h], r))
+                        return
+                    self.end[g] = now
+            elif c == opc.REDUCE_TIED:
+                self.reached[g] = 1
+                self.start[g] = now
+                members = self.group_of[g]
+                if all(self.reached[m] for m in members):
+                    last = max(members, key=self.start.__getitem__)
+                    done = now + self.costs.transfer(pg.instrs[g].bytes)
+                    for m in members:
+                        self.end[m] = done
+                        if m != last:
+                            self.pred[m] = last
+                        self.ptr[pg.rank_of[m]] = m + 1
+                        heapq.heappush(self.sleep, (done, pg.rank_of[m]))
+                else:
+                    self.ptr[r] = g
+                return
+            elif c == opc.STEP:
+                self.ptr[r] = g
+                if self.reached[g]:  # synced: the optimizer step itself
+                    self._compute(r, self.step_cost[r], ends=True)
+                    return
+                self.reached[g] = 1
+                self.start[g] = now
+                if all(self.reached[m] for m in self.steps):
+                    last = max(self.steps, key=self.start.__getitem__)
+                    synced = now + self.costs.transfer(8)
+                    for m in self.steps:
+                        if m != last:
+                            self.pred[m] = last
+                        heapq.heappush(self.sleep, (synced, pg.rank_of[m]))
+                return
+            else:
+                self.start[g] = self.end[g] = now
+            g += 1
 
 
 def _critical_path(pg: ProgramGraph, start, end, pred) -> tuple[Span, ...]:

@@ -110,8 +110,9 @@ def test_transfers_cost_latency_plus_bytes_over_bandwidth():
     costs = CostModel.from_dict({"comm": {"latency": 0.5, "bandwidth": 8000.0}}, 2)
     assert costs.transfer(4000) == pytest.approx(1.0)
     timeline = run("gpipe", 2, 1, costs=costs, graph=graph)
-    # 0F0 (1) -> transfer (1) -> 1F0 (1) -> 1B0 (2) -> transfer (1) -> 0B0 (2)
-    assert timeline.makespan == pytest.approx(8.0)
+    # 0F0 (1) -> transfer (1) -> 1F0 (1) -> 1B0 (2) -> transfer (1) -> 0B0 (2), then STEP
+    # all-reduces the gradient norm (one 8-byte message: 0.5 + 0.001)
+    assert timeline.makespan == pytest.approx(8.0 + costs.transfer(8))
     spans = {str(s.instruction): s for s in timeline.spans(rank=1)}
     assert spans["1F0"].start == pytest.approx(2.0)
     assert spans["1RECV_F0"].end == pytest.approx(2.0)

@@ -27,6 +27,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--p2p", action="store_true",
                    help="also measure point-to-point latency and bandwidth between two processes "
                    "(gloo on cpu, NCCL on two GPUs) into the costs' \"comm\"")
+    p.add_argument("--ranks", type=int, default=None,
+                   help="CPU only: take the op costs from a short calibration `ppc run` on R ranks of this "
+                   "host (CPU time per op, per posted transfer group and per optimizer step), and record "
+                   "the host's cores, which the simulator shares between computing ranks")
     p.add_argument("--p2p-mib", type=float, default=16.0, help="size of the bandwidth message in MiB")
     p.add_argument("-o", "--output", required=True, help="costs JSON to write")
     return p
@@ -42,20 +46,10 @@ def run(args) -> int:
     request = ProfileRequest(
         model=args.model, stages=args.stages, seq_len=args.seq_len, microbatch_size=args.microbatch_size,
         device=args.device, warmup=args.warmup, repeats=args.repeats, by=args.by, layers=not args.no_layers,
-        dtype=args.dtype,
+        dtype=args.dtype, ranks=args.ranks, p2p_bytes=int(args.p2p_mib * 2**20) if args.p2p else None,
     )
-    with console.status(f"profiling {args.model} on {args.device}"):
-        profile = profile_model(request)
-    p2p = None
-    if args.p2p:
-        import dataclasses
-
-        from ppc.profiling.p2p import measure_p2p
-
-        with console.status("measuring point-to-point latency and bandwidth"):
-            p2p = measure_p2p(args.device, large_bytes=int(args.p2p_mib * 2**20))
-        costs = dataclasses.replace(profile.stage_costs, latency=p2p.latency, bandwidth=p2p.bandwidth)
-        profile = dataclasses.replace(profile, stage_costs=costs, meta={**profile.meta, "p2p": p2p.describe()})
+    with console.status(f"profiling {args.model} on {args.device}") as status:
+        profile = profile_model(request, progress=status.update)
     profile.save(args.output)
     c = profile.stage_costs
     table = Table(title=f"{args.model}: {args.stages} stages, microbatch {args.microbatch_size} x {args.seq_len} "
@@ -70,7 +64,15 @@ def run(args) -> int:
     console.print(table)
     if profile.layers:
         console.print(f"{len(profile.layers)} per-layer costs recorded for `ppc plan`")
-    if p2p is not None:
-        console.print(f"point-to-point {p2p.describe()}", highlight=False)
+    if "p2p" in profile.meta:
+        console.print(f"point-to-point {profile.meta['p2p']}", highlight=False)
+    calibration = profile.meta.get("calibration")
+    if calibration:
+        console.print(
+            f"calibration run: {calibration['schedule']} (V={calibration['virtual']}) on {args.ranks} ranks, "
+            f"{calibration['measured_step_s'] * 1e3:.1f} ms per step; host: {calibration['physical_cores']:g} "
+            f"cores, effective {c.cores:.2f} for the simulator, {c.threads} thread(s) per rank",
+            highlight=False,
+        )
     console.print(f"wrote {args.output}")
     return 0

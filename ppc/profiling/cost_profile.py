@@ -21,6 +21,7 @@ that small ones leave idle, so the planner never overstates their benefit.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -179,16 +180,13 @@ class CostProfile:
         for n in split:
             bounds.append(bounds[-1] + n)
         groups = [units[bounds[s]:bounds[s + 1]] for s in range(len(split))]
-        c = self.stage_costs
-        model = CostModel(
+        model = dataclasses.replace(
+            self.stage_costs,  # keeps the transfer and host terms
             forward=tuple(self.scale(sum(u.forward for u in g), b) for g in groups),
             backward_input=tuple(self.scale(sum(u.backward_input for u in g), b) for g in groups),
             backward_weight=tuple(self.scale(sum(u.backward_weight for u in g), b) for g in groups),
-            latency=c.latency,
-            bandwidth=c.bandwidth,
             activation_bytes=tuple(int(sum(u.activation_bytes for u in g) * ratio) for g in groups),
-            weight_share=c.weight_share,
-            unit=c.unit,
+            optimizer=(),
         )
         return StageCosts(
             costs=model,
@@ -207,15 +205,13 @@ class CostProfile:
             tuple(self.grouped(self.split).output_bytes) if self.split else (0,) * n
         )
         params = self.stage_params or (tuple(self.grouped(self.split).params) if self.split else (0,) * n)
-        model = CostModel(
+        model = dataclasses.replace(
+            c,  # keeps the transfer and host terms
             forward=tuple(self.scale(v, b) for v in c.forward),
             backward_input=tuple(self.scale(v, b) for v in c.backward_input),
             backward_weight=tuple(self.scale(v, b) for v in c.backward_weight),
-            latency=c.latency,
-            bandwidth=c.bandwidth,
             activation_bytes=tuple(int(a * ratio) for a in c.activation_bytes),
-            weight_share=c.weight_share,
-            unit=c.unit,
+            optimizer=(),  # as for regrouped stages, so plans compare like with like
         )
         return StageCosts(costs=model, split=self.split, params=tuple(params),
                           output_bytes=tuple(int(o * ratio) for o in out))

@@ -4,7 +4,9 @@ Two processes join a process group of their own (gloo on the CPU; NCCL with one 
 each when the device is cuda and two GPUs exist). Latency is the median round trip of a
 small message, halved; bandwidth is a large message's bytes over its median one-way time
 (a round trip of the large message out and a small acknowledgement back, less the
-latency of that acknowledgement). Both go into the costs JSON's "comm" (ppc/costs.py).
+latency of that acknowledgement). The post cost is the median time rank 0 spends in the
+executor's Transport.post for one send and one receive, the rank time every group of
+transfers costs `ppc run`. All three go into the costs JSON's "comm" (ppc/costs.py).
 """
 
 from __future__ import annotations
@@ -32,10 +34,13 @@ class P2PResult:
     """Bytes per second of a large message."""
     backend: str
     large_bytes: int
+    post: float = 0.0
+    """Seconds a rank spends posting one batch of a send and a receive."""
 
     def describe(self) -> str:
         return (f"{self.backend}: latency {self.latency * 1e6:.1f} us, bandwidth "
-                f"{self.bandwidth / 1e9:.3f} GB/s ({self.large_bytes / 2**20:.0f} MiB messages)")
+                f"{self.bandwidth / 1e9:.3f} GB/s ({self.large_bytes / 2**20:.0f} MiB messages), "
+                f"posting a send + receive {self.post * 1e6:.1f} us")
 
 
 def measure_p2p(device: str = "cpu", *, large_bytes: int = 16 * 2**20, repeats: int = 10,
@@ -70,10 +75,11 @@ def measure_p2p(device: str = "cpu", *, large_bytes: int = 16 * 2**20, repeats: 
     kind, payload = queue.get()
     if kind == "error":
         raise CostError(f"p2p measurement ({backend}) failed: {payload}")
-    small_rtts, large_rtts = payload
+    small_rtts, large_rtts, posts = payload
     latency = statistics.median(small_rtts) / 2
     one_way = max(statistics.median(large_rtts) - latency, 1e-9)
-    result = P2PResult(latency=latency, bandwidth=large_bytes / one_way, backend=backend, large_bytes=large_bytes)
+    result = P2PResult(latency=latency, bandwidth=large_bytes / one_way, backend=backend, large_bytes=large_bytes,
+                       post=statistics.median(posts))
     log.info("p2p %s", result.describe())
     return result
 
@@ -102,8 +108,9 @@ def _rank_main(rank: int, settings: tuple, queue) -> None:
         large = torch.zeros(large_bytes // 4, dtype=torch.float32, device=device)
         small_rtts = _round_trips(rank, small, small, warmup, repeats * 5, device)
         large_rtts = _round_trips(rank, large, small, warmup, repeats, device)
+        posts = _post_times(rank, small, warmup, repeats * 5, device)
         if rank == 0:
-            queue.put(("ok", (small_rtts, large_rtts)))
+            queue.put(("ok", (small_rtts, large_rtts, posts)))
         dist.barrier()
         dist.destroy_process_group()
     except Exception as error:  # reported to the parent as one line
@@ -132,4 +139,25 @@ def _round_trips(rank: int, out, back, warmup: int, repeats: int, device) -> lis
             torch.cuda.synchronize(device)
         if i >= warmup:
             times.append(time.perf_counter() - began)
+    return times
+
+
+def _post_times(rank: int, tensor, warmup: int, repeats: int, device) -> list[float]:
+    """Seconds each rank spends in Transport.post for one send and one receive to its peer."""
+    import torch.distributed as dist
+
+    from ppc.exec.p2p import BufferPool, Transport
+
+    transport = Transport(device=device, pool=BufferPool(device))
+    peer = 1 - rank
+    inbox = tensor.clone()
+    times = []
+    for i in range(warmup + repeats):
+        dist.barrier()
+        began = time.perf_counter()
+        pending = transport.post([(peer, [tensor])], [(peer, [inbox])])
+        took = time.perf_counter() - began
+        pending.wait()
+        if i >= warmup:
+            times.append(took)
     return times

@@ -43,12 +43,19 @@ class ProfileRequest:
     """Also measure the finest split, recorded as per-layer costs for `ppc plan`."""
     dtype: str | None = None
     """"bf16" runs forwards under bf16 autocast (as `ppc run` does on GPU); default: bf16 on cuda."""
+    ranks: int | None = None
+    """CPU only: take op costs from a calibration run on `ranks` ranks of this host
+    (ppc/profiling/host_calibration.py)."""
+    p2p_bytes: int | None = None
+    """Also measure point-to-point latency and bandwidth (with messages of this size)."""
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise CostError(f"--device must be cpu or cuda, got {self.device!r}")
         if self.dtype not in (None, "fp32", "bf16"):
             raise CostError(f"--dtype must be fp32 or bf16, got {self.dtype!r}")
+        if self.ranks is not None and (self.ranks < 1 or self.device != "cpu"):
+            raise CostError(f"--ranks needs --device cpu and ranks >= 1, got {self.ranks!r} on {self.device}")
         if self.repeats < 1 or self.warmup < 0:
             raise CostError(f"need repeats >= 1 and warmup >= 0, got {self.repeats}, {self.warmup}")
 
@@ -66,8 +73,9 @@ class StageTimes:
     """Time of clipping + AdamW over the stage's parameters."""
 
 
-def profile_model(request: ProfileRequest) -> CostProfile:
-    """Measure the model split into `request.stages` stages (and, with `layers`, finest)."""
+def profile_model(request: ProfileRequest, *, progress: Callable[[str], object] = log.info) -> CostProfile:
+    """Measure the model split into `request.stages` stages (and, with `layers`, finest);
+    then, as asked, point-to-point transfers and a calibration run on `ranks` ranks."""
     import torch
 
     from ppc.costs import CostModel
@@ -80,6 +88,10 @@ def profile_model(request: ProfileRequest) -> CostProfile:
     stages = request.stages or _finest(request)
     split = build_split(request.model, stages=stages, seq_len=request.seq_len,
                         microbatch_size=request.microbatch_size, by=request.by, seed=request.seed)
+    if request.ranks is not None:
+        from ppc.host import threads_per_rank
+
+        torch.set_num_threads(threads_per_rank(request.ranks))  # as each rank of the run will
     times = measure_split(split, request, device)
     layers: tuple = ()
     if request.layers and request.stages is not None:
@@ -102,7 +114,7 @@ def profile_model(request: ProfileRequest) -> CostProfile:
         unit="s",
         optimizer=tuple(t.optimizer for t in times),
     )
-    return CostProfile(
+    profile = CostProfile(
         stage_costs=costs,
         layers=layers,
         microbatch_size=request.microbatch_size,
@@ -118,6 +130,19 @@ def profile_model(request: ProfileRequest) -> CostProfile:
             "note": "I and W keep their measured ratio, scaled so that I + W equals the measured B",
         },
     )
+    if request.p2p_bytes:
+        from ppc.profiling.p2p import measure_p2p
+
+        progress("measuring point-to-point latency and bandwidth")
+        p2p = measure_p2p(request.device, large_bytes=request.p2p_bytes)
+        costs = dataclasses.replace(profile.stage_costs, latency=p2p.latency, bandwidth=p2p.bandwidth, post=p2p.post)
+        profile = dataclasses.replace(profile, stage_costs=costs, meta={**profile.meta, "p2p": p2p.describe()})
+    if request.ranks is None:
+        return profile
+    from ppc.profiling.host_calibration import calibrate_on_host
+
+    progress(f"calibration run on {request.ranks} ranks of this host")
+    return calibrate_on_host(profile, request)
 
 
 def _finest(request: ProfileRequest) -> int:
