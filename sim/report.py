@@ -29,6 +29,8 @@ def to_json(timeline: Timeline) -> dict:
         ],
         "critical_path": [span.to_json() for span in timeline.critical_path],
         "notes": list(program.notes),
+        "host": {"cores": timeline.costs.cores, "threads": timeline.costs.threads, "post": timeline.costs.post}
+        if timeline.costs.cores is not None else None,
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 from ppc.sim.graph import build
@@ -128,3 +129,19 @@ def test_host_terms_round_trip_through_json_and_inline():
 def test_bad_host_terms_are_one_line_errors(bad):
     with pytest.raises(CostError, match="costs: "):
         CostModel.from_dict({"F": 1, **bad}, 2)
+
+
+def test_simulate_cli_says_when_ranks_share_cores(capsys):
+    from ppc.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["simulate", "1f1b", "--ranks", "4", "--microbatches", "8", "--costs", "F=1,cores=2", "--width", "60"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    assert "4 ranks share 2 cores of one host" in out
+    with pytest.raises(SystemExit):
+        main(["simulate", "1f1b", "--ranks", "4", "--microbatches", "8", "--costs", "F=1,cores=2", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["host"] == {"cores": 2.0, "threads": 1, "post": 0.0}
+    # 4 ranks of F=1, B=2 on 2 cores: at least half the total work of 4 x 8 x 3
+    assert doc["makespan"] >= 48.0

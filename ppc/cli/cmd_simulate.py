@@ -142,6 +142,11 @@ def run(args: argparse.Namespace) -> int:
     console.print(gantt(timeline, width=args.width or max(20, console.width - 10)), soft_wrap=True)
     for note in timeline.program.notes:
         console.print(f"note: {note}")
+    costs = timeline.costs
+    if costs.shares_cores(timeline.program.ranks):
+        console.print(f"note: {timeline.program.ranks} ranks share {costs.cores:g} cores of one host "
+                      f"({costs.threads} thread(s) each): ops slow down while more ranks compute than the cores hold",
+                      highlight=False)
     if comparison is not None:
         console.print(
             f"step time: predicted {comparison.predicted_makespan:.4g} s, measured "
