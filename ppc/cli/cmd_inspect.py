@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from rich.console import Console
 from rich.table import Table
+
+from ppc.cli.console import make_console
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from ppc.frontend import build_split
     from ppc.frontend.split import balance, equal_layers, stage_costs
 
-    console = Console()
+    console = make_console()
     start = time.perf_counter()
     split = build_split(args.model, stages=args.stages, seq_len=args.seq_len,
                         microbatch_size=args.microbatch_size, by=args.by)

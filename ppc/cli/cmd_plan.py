@@ -57,13 +57,13 @@ def _profile(args):
 
 
 def run(args) -> int:
-    from rich.console import Console
     from rich.table import Table
 
+    from ppc.cli.console import make_console
     from ppc.profiling.plan import PlanRequest, baseline, search
     from ppc.profiling.report import run_command, schedule_text
 
-    console = Console()
+    console = make_console()
     profile = _profile(args)
     cap = args.memory_cap * GIB if args.memory_cap is not None else None
     request = PlanRequest(

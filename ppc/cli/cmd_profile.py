@@ -37,12 +37,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from rich.console import Console
     from rich.table import Table
 
+    from ppc.cli.console import make_console
     from ppc.profiling.profile import ProfileRequest, profile_model
 
-    console = Console()
+    console = make_console()
     request = ProfileRequest(
         model=args.model, stages=args.stages, seq_len=args.seq_len, microbatch_size=args.microbatch_size,
         device=args.device, warmup=args.warmup, repeats=args.repeats, by=args.by, layers=not args.no_layers,

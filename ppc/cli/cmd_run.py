@@ -215,10 +215,11 @@ class StepReporter:
         if self.quiet:
             return
         if self._progress is None:
-            from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-            console = Console(highlight=False)
+            from ppc.cli.console import make_console
+
+            console = make_console(highlight=False)
             self._progress = Progress(
                 TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                 TimeRemainingColumn(), console=console, transient=True,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from rich.console import Console
 from rich.table import Table
 
+from ppc.cli.console import make_console
 from ppc.lang import builtin_schedules, load_schedule
 
 
@@ -23,5 +23,5 @@ def run(args: argparse.Namespace) -> int:
     table.add_column("file", overflow="fold")
     for name, path in builtin_schedules().items():
         table.add_row(name, load_schedule(name).doc, str(path))
-    Console().print(table)
+    make_console().print(table)
     return 0

@@ -123,9 +123,9 @@ def run(args: argparse.Namespace) -> int:
             doc["against"] = _against_json(comparison, args.against, timelines[0].costs.unit)
         sys.stdout.write(json.dumps(doc) + "\n")
         return 0
-    from rich.console import Console
+    from ppc.cli.console import make_console
 
-    console = Console()
+    console = make_console()
     if args.compare:
         console.print(_compare_table(timelines))
         if any(t.program.virtual > 1 for t in timelines) and not _is_file(args.costs):
