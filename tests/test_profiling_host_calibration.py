@@ -105,6 +105,13 @@ def test_profile_ranks_calibrates_on_this_host(tmp_path):
         assert predicted >= measured
 
 
+def test_profile_ranks_needs_stages_a_multiple_of_ranks():
+    from ppc.profiling.profile import ProfileRequest
+
+    with pytest.raises(CostError, match=r"--ranks 3 needs the stages \(4\) to be a multiple"):
+        ProfileRequest(model="tiny-llama", stages=4, ranks=3)
+
+
 def test_profile_ranks_on_cuda_is_one_line_exit_2(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "ppc", "profile", "--model", "tiny-llama", "--stages", "2", "--device", "cuda",

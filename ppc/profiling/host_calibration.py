@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import re
 import statistics
 import subprocess
@@ -68,7 +69,8 @@ def calibrate_on_host(profile, request, *, timeout: float = 900.0):
         ]
         log.info("calibration run: %s", " ".join(command[2:]))
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False,
+                                  env=_without_launcher_env())
         except subprocess.TimeoutExpired:
             raise CostError(f"profile --ranks: the calibration run took over {timeout:.0f} s") from None
         if done.returncode != 0 or not trace.exists():
@@ -116,6 +118,15 @@ def calibrate_on_host(profile, request, *, timeout: float = 900.0):
                 f"{ratio:.3f}",
     }
     return dataclasses.replace(profile, stage_costs=costs, layers=layers, meta=meta)
+
+
+_LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                  "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+
+
+def _without_launcher_env() -> dict[str, str]:
+    """This environment minus torchrun's variables: the calibration run launches its own ranks."""
+    return {k: v for k, v in os.environ.items() if k not in _LAUNCHER_VARS}
 
 
 def fit_cores(costs, predict, measured: float, *, rounds: int = 30):

@@ -56,6 +56,8 @@ class ProfileRequest:
             raise CostError(f"--dtype must be fp32 or bf16, got {self.dtype!r}")
         if self.ranks is not None and (self.ranks < 1 or self.device != "cpu"):
             raise CostError(f"--ranks needs --device cpu and ranks >= 1, got {self.ranks!r} on {self.device}")
+        if self.ranks is not None and self.stages is not None and self.stages % self.ranks:
+            raise CostError(f"--ranks {self.ranks} needs the stages ({self.stages}) to be a multiple of the ranks")
         if self.repeats < 1 or self.warmup < 0:
             raise CostError(f"need repeats >= 1 and warmup >= 0, got {self.repeats}, {self.warmup}")
 
