@@ -58,26 +58,7 @@ def calibrate_on_host(profile, request, *, timeout: float = 900.0):
     schedule, virtual = calibration_schedule(ranks, stages)
     skip = max(1, request.warmup)
     steps = skip + max(3, request.repeats)
-    with tempfile.TemporaryDirectory(prefix="ppc-calibrate-") as tmp:
-        trace, metrics = Path(tmp) / "trace.json", Path(tmp) / "metrics.jsonl"
-        command = [
-            sys.executable, "-m", "ppc", "run", "--model", request.model, "--schedule", schedule,
-            "--ranks", str(ranks), "--virtual", str(virtual), "--split", request.by,
-            "--microbatches", str(2 * ranks), "--microbatch-size", str(request.microbatch_size),
-            "--seq-len", str(request.seq_len), "--steps", str(steps), "--seed", str(request.seed),
-            "--device", "cpu", "--quiet", "--trace", str(trace), "--metrics", str(metrics),
-        ]
-        log.info("calibration run: %s", " ".join(command[2:]))
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False,
-                                  env=_without_launcher_env())
-        except subprocess.TimeoutExpired:
-            raise CostError(f"profile --ranks: the calibration run took over {timeout:.0f} s") from None
-        if done.returncode != 0 or not trace.exists():
-            lines = (done.stderr or done.stdout).strip().splitlines()
-            raise CostError(f"profile --ranks: the calibration run failed: {lines[-1] if lines else done.returncode}")
-        events = json.loads(trace.read_text())["traceEvents"]
-        step_times = [json.loads(line)["step_time_s"] for line in metrics.read_text().splitlines() if line.strip()]
+    events, step_times = _run_calibration(request, schedule, virtual=virtual, steps=steps, timeout=timeout)
     measured_step = statistics.median(step_times[skip:] or step_times)
     placement = [s % ranks for s in range(stages)]
     measured = costs_from_trace(events, stages=stages, placement=placement, skip_steps=skip)
@@ -118,6 +99,32 @@ def calibrate_on_host(profile, request, *, timeout: float = 900.0):
                 f"{ratio:.3f}",
     }
     return dataclasses.replace(profile, stage_costs=costs, layers=layers, meta=meta)
+
+
+def _run_calibration(request, schedule: str, *, virtual: int, steps: int, timeout: float):
+    """`ppc run` of `schedule` on `request.ranks` gloo ranks: (trace events, step times)."""
+    ranks = request.ranks
+    with tempfile.TemporaryDirectory(prefix="ppc-calibrate-") as tmp:
+        trace, metrics = Path(tmp) / "trace.json", Path(tmp) / "metrics.jsonl"
+        command = [
+            sys.executable, "-m", "ppc", "run", "--model", request.model, "--schedule", schedule,
+            "--ranks", str(ranks), "--virtual", str(virtual), "--split", request.by,
+            "--microbatches", str(2 * ranks), "--microbatch-size", str(request.microbatch_size),
+            "--seq-len", str(request.seq_len), "--steps", str(steps), "--seed", str(request.seed),
+            "--device", "cpu", "--quiet", "--trace", str(trace), "--metrics", str(metrics),
+        ]
+        log.info("calibration run: %s", " ".join(command[2:]))
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False,
+                                  env=_without_launcher_env())
+        except subprocess.TimeoutExpired:
+            raise CostError(f"profile --ranks: the calibration run took over {timeout:.0f} s") from None
+        if done.returncode != 0 or not trace.exists():
+            lines = (done.stderr or done.stdout).strip().splitlines()
+            raise CostError(f"profile --ranks: the calibration run failed: {lines[-1] if lines else done.returncode}")
+        events = json.loads(trace.read_text())["traceEvents"]
+        step_times = [json.loads(line)["step_time_s"] for line in metrics.read_text().splitlines() if line.strip()]
+    return events, step_times
 
 
 _LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
