@@ -1,11 +1,14 @@
 """Timeline pictures with matplotlib: one row per rank, F/B/I/W colored, microbatches
-written on the boxes, a rank's later stages (V > 1) in lighter shades. Several timelines stack into one figure for comparison.
+written on the boxes, a rank's later stages (V > 1) in lighter shades. Several timelines
+stack into one figure for comparison; with a measured step (`--against`), its trace is
+drawn the same way under the prediction, on the same time axis.
 Formats: .svg, .png (matplotlib) and .html (the SVG inside a page).
 """
 
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,8 +20,9 @@ COLORS = {"F": "#4c9be8", "B": "#b565c9", "I": "#e8b04c", "W": "#5cb85c"}
 FORMATS = (".svg", ".png", ".html")
 
 
-def draw(timelines: Sequence[Timeline], path: str | Path, *, title: str | None = None) -> None:
-    """Draw the timelines (top to bottom, same time axis) to `path` (.svg, .png, .html)."""
+def draw(timelines: Sequence[Timeline], path: str | Path, *, title: str | None = None, measured=None) -> None:
+    """Draw the timelines (top to bottom, same time axis) to `path` (.svg, .png, .html);
+    `measured` (a ppc.profiling.compare_trace.Comparison) adds the measured step below."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,14 +30,18 @@ def draw(timelines: Sequence[Timeline], path: str | Path, *, title: str | None =
     from matplotlib.patches import Patch
 
     path = Path(path)
-    horizon = max(t.makespan for t in timelines) or 1.0
+    horizon = max([t.makespan for t in timelines] + ([measured.measured_makespan] if measured else [])) or 1.0
     heights = [max(1.2, 0.35 * t.program.ranks + 0.6) for t in timelines]
+    if measured is not None:
+        heights.append(heights[0])
     fig, axes = plt.subplots(
-        len(timelines), 1, figsize=(12, sum(heights) + 0.6), squeeze=False,
+        len(heights), 1, figsize=(12, sum(heights) + 0.6), squeeze=False,
         gridspec_kw={"height_ratios": heights}, sharex=True,
     )
     for ax, timeline in zip(axes[:, 0], timelines):
         _draw_one(ax, timeline, horizon)
+    if measured is not None:
+        _draw_measured(axes[-1, 0], measured, timelines[0].program, horizon)
     axes[-1, 0].set_xlabel(f"time ({timelines[0].costs.unit})")
     handles = [Patch(color=c, label=k) for k, c in COLORS.items()]
     fig.legend(handles=handles, loc="upper right", ncol=4, frameon=False)
@@ -49,13 +57,44 @@ def draw(timelines: Sequence[Timeline], path: str | Path, *, title: str | None =
     plt.close(fig)
 
 
-def _draw_one(ax, timeline: Timeline, horizon: float) -> None:
-    program = timeline.program
-    label_min = horizon / 150
+def _chunks(program) -> dict[int, int]:
+    """Stage -> its index among its rank's stages (0 for the first), for the shade."""
     chunk = {}
     for rank in range(program.ranks):
         for i, stage in enumerate(s for s, r in enumerate(program.placement) if r == rank):
             chunk[stage] = i
+    return chunk
+
+
+def _draw_measured(ax, comparison, program, horizon: float) -> None:
+    chunk = _chunks(program)
+    label_min = horizon / 150
+    for rank, name, start, end in comparison.measured_slices:
+        match = _SLICE.match(name)
+        if match is None:
+            continue
+        stage, kind, mb = int(match.group(1)), match.group(2), match.group(3)
+        ax.broken_barh([(start, end - start)], (rank - 0.4, 0.8), facecolors=COLORS[kind], edgecolors="white",
+                       linewidth=0.4, alpha=1.0 - 0.35 * min(chunk.get(stage, 0), 2))
+        if end - start >= label_min:
+            ax.text((start + end) / 2, rank, mb, ha="center", va="center", fontsize=6)
+    ax.set_ylim(program.ranks - 0.5, -0.5)
+    ax.set_yticks(range(program.ranks), [f"rank {r}" for r in range(program.ranks)], fontsize=7)
+    ax.set_xlim(0, horizon)
+    ax.set_title(
+        f"measured (trace, one step): makespan {comparison.measured_makespan:.4g}  "
+        f"prediction error {comparison.error:+.1%}",
+        fontsize=9, loc="left",
+    )
+
+
+_SLICE = re.compile(r"^(\d+)([FBIW])(\d+)$")
+
+
+def _draw_one(ax, timeline: Timeline, horizon: float) -> None:
+    program = timeline.program
+    label_min = horizon / 150
+    chunk = _chunks(program)
     for rank in range(program.ranks):
         base = timeline.offset[rank]
         for i, instr in enumerate(program.instructions[rank]):

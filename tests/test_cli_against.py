@@ -91,6 +91,13 @@ def test_json_against_with_costs_in_seconds(trace, capsys, tmp_path):
         assert row["predicted"]["busy"] == pytest.approx(4 * 0.03)
 
 
+def test_picture_draws_the_measured_step_under_the_prediction(trace, capsys, tmp_path):
+    out = tmp_path / "against.svg"
+    code, _, _ = simulate(capsys, "1f1b", "-r", "4", "-m", "4", "--against", trace, "--out", str(out))
+    svg = out.read_text()
+    assert code == 0 and "measured (trace, one step)" in svg and "prediction error" in svg
+
+
 def test_trace_with_other_ranks_is_one_line_exit_2(trace, capsys):
     code, _, err = simulate(capsys, "1f1b", "-r", "2", "-m", "4", "--against", trace)
     assert code == 2

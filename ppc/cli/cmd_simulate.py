@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         raise PpcError("--against compares one schedule with a trace: drop --compare")
     comparison = _against(timelines[0], args.against) if args.against else None
     if args.out:
-        _write_out(timelines, args.out)
+        _write_out(timelines, args.out, comparison)
     if args.json:
         from ppc.sim.report import summary, to_json
 
@@ -207,7 +207,7 @@ def _against_table(comparison, trace: str):
     return table
 
 
-def _write_out(timelines, out: str) -> None:
+def _write_out(timelines, out: str, comparison=None) -> None:
     if out.endswith(".json"):
         from ppc.sim.trace import write_trace
 
@@ -219,7 +219,7 @@ def _write_out(timelines, out: str) -> None:
 
     if not out.endswith(FORMATS):
         raise PpcError(f"--out {out}: expected a file ending in .json, {', '.join(FORMATS)}")
-    draw(timelines, out)
+    draw(timelines, out, measured=comparison)
 
 
 def _rank_table(timeline):

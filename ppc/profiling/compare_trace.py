@@ -36,6 +36,8 @@ class Comparison:
     measured: tuple[RankSide, ...]
     predicted_makespan: float
     measured_makespan: float
+    measured_slices: tuple[tuple[int, str, float, float], ...] = ()
+    """Compute slices of the compared step: (rank, name, start, end), seconds from its start."""
 
     @property
     def error(self) -> float:
@@ -54,8 +56,9 @@ def load_trace(path: str | Path) -> list[dict]:
     return [e for e in events if e.get("ph") == "X"]
 
 
-def measured_sides(events: list[dict], ranks: int) -> tuple[tuple[RankSide, ...], float]:
-    """Per-rank busy/idle/bubble and the makespan of the compared step, in seconds."""
+def compared_step(events: list[dict]) -> list[dict]:
+    """The events of the step with the median span (the first, a warm-up, left out when
+    there are more than two)."""
     steps: dict[int, list[dict]] = {}
     for event, step in zip(events, _step_numbers(events)):
         steps.setdefault(step, []).append(event)
@@ -64,13 +67,29 @@ def measured_sides(events: list[dict], ranks: int) -> tuple[tuple[RankSide, ...]
     spans = {k: _span(v) for k, v in steps.items()}
     keys = sorted(steps)[1:] if len(steps) > 2 else sorted(steps)
     median = statistics.median_low(spans[k] for k in keys)
-    chosen = next(k for k in keys if spans[k] == median)
-    makespan = median / 1e6
-    busy = [0.0] * ranks
-    for event in steps[chosen]:
+    return steps[next(k for k in keys if spans[k] == median)]
+
+
+def compute_slices(step: list[dict], ranks: int) -> list[tuple[int, str, float, float]]:
+    """(rank, name, start, end) of a step's compute events, seconds from the step's start."""
+    origin = min(e["ts"] for e in step)
+    out = []
+    for event in step:
         rank = int(event.get("args", {}).get("rank", event.get("pid", 0)))
-        if 0 <= rank < ranks and _COMPUTE.match(str(event.get("name", "")).strip()):
-            busy[rank] += float(event["dur"]) / 1e6
+        name = str(event.get("name", "")).strip()
+        if 0 <= rank < ranks and _COMPUTE.match(name):
+            start = (float(event["ts"]) - origin) / 1e6
+            out.append((rank, name, start, start + float(event["dur"]) / 1e6))
+    return out
+
+
+def measured_sides(events: list[dict], ranks: int) -> tuple[tuple[RankSide, ...], float]:
+    """Per-rank busy/idle/bubble and the makespan of the compared step, in seconds."""
+    step = compared_step(events)
+    makespan = _span(step) / 1e6
+    busy = [0.0] * ranks
+    for rank, _, start, end in compute_slices(step, ranks):
+        busy[rank] += end - start
     return tuple(_side(b, makespan) for b in busy), makespan
 
 
@@ -80,7 +99,8 @@ def compare(timeline, events: list[dict]) -> Comparison:
     measured, makespan = measured_sides(events, ranks)
     predicted = tuple(RankSide(busy=s.busy, idle=s.idle, bubble=s.bubble) for s in timeline.per_rank)
     return Comparison(predicted=predicted, measured=measured, predicted_makespan=float(timeline.makespan),
-                      measured_makespan=makespan)
+                      measured_makespan=makespan,
+                      measured_slices=tuple(compute_slices(compared_step(events), ranks)))
 
 
 def _step_numbers(events: list[dict]) -> list[int]:
