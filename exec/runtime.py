@@ -143,8 +143,10 @@ class RankRuntime:
         handler = self.handlers.get(ins.op)
         if handler is None:
             raise RunError(f"rank {self.rank}: no handler for instruction {ins}")
-        if self.trace_records is not None:
-            self._await_inputs(ins)
+        if self.trace_records is None:
+            handler(ins)
+            return
+        self._await_inputs(ins)
         start, cpu = time.perf_counter(), time.thread_time()
         handler(ins)
         self._record(str(ins), start, cpu)
@@ -173,7 +175,9 @@ class RankRuntime:
         self.current = (step, group[0])
         if self._observer is not None:
             self._observer(step, group[0])
-        start, cpu = time.perf_counter(), time.thread_time()
+        tracing = self.trace_records is not None
+        if tracing:
+            start, cpu = time.perf_counter(), time.thread_time()
         comm = _Comm()
         for ins in group:
             self.handlers[ins.op](ins, comm)
@@ -181,12 +185,12 @@ class RankRuntime:
         for callback in comm.after_post:
             callback(pending)
         self._inflight.append(pending)
-        if self.trace_records is not None:
+        if tracing:
             self._record(" ".join(f"{i}{'>' if i.op.is_send else '<'}{i.peer}" for i in group), start, cpu)
 
     def _record(self, name: str, start: float, cpu: float) -> None:
-        if self.trace_records is not None:
-            self.trace_records.append((name, start, time.perf_counter(), time.thread_time() - cpu))
+        """Only called while tracing."""
+        self.trace_records.append((name, start, time.perf_counter(), time.thread_time() - cpu))
 
     def _wait_all(self) -> None:
         for pending in self._inflight:

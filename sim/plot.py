@@ -8,7 +8,6 @@ Formats: .svg, .png (matplotlib) and .html (the SVG inside a page).
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -69,15 +68,12 @@ def _chunks(program) -> dict[int, int]:
 def _draw_measured(ax, comparison, program, horizon: float) -> None:
     chunk = _chunks(program)
     label_min = horizon / 150
-    for rank, name, start, end in comparison.measured_slices:
-        match = _SLICE.match(name)
-        if match is None:
-            continue
-        stage, kind, mb = int(match.group(1)), match.group(2), match.group(3)
-        ax.broken_barh([(start, end - start)], (rank - 0.4, 0.8), facecolors=COLORS[kind], edgecolors="white",
-                       linewidth=0.4, alpha=1.0 - 0.35 * min(chunk.get(stage, 0), 2))
+    for piece in comparison.measured_slices:
+        start, end, rank = piece.start, piece.end, piece.rank
+        ax.broken_barh([(start, end - start)], (rank - 0.4, 0.8), facecolors=COLORS[piece.kind], edgecolors="white",
+                       linewidth=0.4, alpha=1.0 - 0.35 * min(chunk.get(piece.stage, 0), 2))
         if end - start >= label_min:
-            ax.text((start + end) / 2, rank, mb, ha="center", va="center", fontsize=6)
+            ax.text((start + end) / 2, rank, str(piece.mb), ha="center", va="center", fontsize=6)
     ax.set_ylim(program.ranks - 0.5, -0.5)
     ax.set_yticks(range(program.ranks), [f"rank {r}" for r in range(program.ranks)], fontsize=7)
     ax.set_xlim(0, horizon)
@@ -86,9 +82,6 @@ def _draw_measured(ax, comparison, program, horizon: float) -> None:
         f"prediction error {comparison.error:+.1%}",
         fontsize=9, loc="left",
     )
-
-
-_SLICE = re.compile(r"^(\d+)([FBIW])(\d+)$")
 
 
 def _draw_one(ax, timeline: Timeline, horizon: float) -> None:

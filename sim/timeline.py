@@ -130,7 +130,7 @@ def _run(pg: ProgramGraph, costs: CostModel):
     transfer = costs.transfer
     post_cost = costs.post
     step_cost = _step_costs(pg, costs)
-    seconds_of: dict[int, float] = {}
+    send_seconds = _send_seconds(costs)
     start = [0.0] * n
     end = [0.0] * n
     pred = [-1] * n
@@ -168,11 +168,7 @@ def _run(pg: ProgramGraph, costs: CostModel):
                         opened[j] = 1
                         if code[j] == opc.SEND_F or code[j] == opc.SEND_B:
                             start[j] = end[j] = t
-                            tensors = instrs[j].tensors
-                            seconds = seconds_of.get(id(tensors))
-                            if seconds is None:
-                                seconds = seconds_of[id(tensors)] = transfer(sum(x.bytes for x in tensors))
-                            arrive[j] = t + seconds
+                            arrive[j] = t + send_seconds(instrs[j])
                             posted[j] = 1
                             woken = waiting.pop(j, None)
                             if woken:
@@ -233,6 +229,20 @@ def _run(pg: ProgramGraph, costs: CostModel):
     return start, end, pred, busy
 
 
+def _send_seconds(costs: CostModel):
+    """A send's transfer time, computed once per tensor list (a program's sends share few)."""
+    cache: dict[int, float] = {}
+
+    def seconds(instr: Instruction) -> float:
+        key = id(instr.tensors)
+        value = cache.get(key)
+        if value is None:
+            value = cache[key] = costs.transfer(sum(x.bytes for x in instr.tensors))
+        return value
+
+    return seconds
+
+
 def _step_costs(pg: ProgramGraph, costs: CostModel) -> list[float]:
     placement = pg.program.placement
     return [costs.step([s for s in range(len(placement)) if placement[s] == r]) for r in range(pg.program.ranks)]
@@ -256,7 +266,7 @@ class _SharedCores:
         self.ranks = pg.program.ranks
         self.dur = [[costs.duration(k, s) for s in range(costs.stages)] for k in "FBIW"]
         self.step_cost = _step_costs(pg, costs)
-        self.seconds_of: dict[int, float] = {}
+        self.send_seconds = _send_seconds(costs)
         self.start, self.end, self.pred = [0.0] * n, [0.0] * n, [-1] * n
         self.arrive = [0.0] * n
         self.posted, self.opened, self.reached = bytearray(n), bytearray(n), bytearray(n)
@@ -317,11 +327,7 @@ class _SharedCores:
         while g < lim and opc.SEND_F <= code[g] <= opc.RECV_B:
             if (code[g] == opc.SEND_F or code[g] == opc.SEND_B) and not self.posted[g]:
                 self.start[g] = self.end[g] = now
-                tensors = self.pg.instrs[g].tensors
-                seconds = self.seconds_of.get(id(tensors))
-                if seconds is None:
-                    seconds = self.seconds_of[id(tensors)] = self.costs.transfer(sum(x.bytes for x in tensors))
-                self.arrive[g] = now + seconds
+                self.arrive[g] = now + self.send_seconds(self.pg.instrs[g])
                 self.posted[g] = 1
                 self.ready.extend(self.waiting.pop(g, ()))
             g += 1

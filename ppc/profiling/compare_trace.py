@@ -18,7 +18,8 @@ from pathlib import Path
 
 from ppc.errors import CostError
 
-_COMPUTE = re.compile(r"^\d+[FBIW]\d+$")
+COMPUTE_SLICE = re.compile(r"^(\d+)([FBIW])(\d+)$")
+"""A compute slice's name: stage, kind, microbatch (`2F0`, `1I3`)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -29,6 +30,18 @@ class RankSide:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MeasuredSlice:
+    """One compute op of the compared step, in seconds from the step's start."""
+
+    rank: int
+    stage: int
+    kind: str
+    mb: int
+    start: float
+    end: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Comparison:
     """Per rank, predicted and measured busy/idle/bubble; both makespans (seconds)."""
 
@@ -36,8 +49,8 @@ class Comparison:
     measured: tuple[RankSide, ...]
     predicted_makespan: float
     measured_makespan: float
-    measured_slices: tuple[tuple[int, str, float, float], ...] = ()
-    """Compute slices of the compared step: (rank, name, start, end), seconds from its start."""
+    measured_slices: tuple[MeasuredSlice, ...] = ()
+    """Compute slices of the compared step."""
 
     @property
     def error(self) -> float:
@@ -70,37 +83,33 @@ def compared_step(events: list[dict]) -> list[dict]:
     return steps[next(k for k in keys if spans[k] == median)]
 
 
-def compute_slices(step: list[dict], ranks: int) -> list[tuple[int, str, float, float]]:
-    """(rank, name, start, end) of a step's compute events, seconds from the step's start."""
+def compute_slices(step: list[dict], ranks: int) -> list[MeasuredSlice]:
+    """A step's compute events, in seconds from the step's start."""
     origin = min(e["ts"] for e in step)
     out = []
     for event in step:
         rank = int(event.get("args", {}).get("rank", event.get("pid", 0)))
-        name = str(event.get("name", "")).strip()
-        if 0 <= rank < ranks and _COMPUTE.match(name):
+        match = COMPUTE_SLICE.match(str(event.get("name", "")).strip())
+        if 0 <= rank < ranks and match:
             start = (float(event["ts"]) - origin) / 1e6
-            out.append((rank, name, start, start + float(event["dur"]) / 1e6))
+            out.append(MeasuredSlice(rank=rank, stage=int(match.group(1)), kind=match.group(2),
+                                     mb=int(match.group(3)), start=start, end=start + float(event["dur"]) / 1e6))
     return out
-
-
-def measured_sides(events: list[dict], ranks: int) -> tuple[tuple[RankSide, ...], float]:
-    """Per-rank busy/idle/bubble and the makespan of the compared step, in seconds."""
-    step = compared_step(events)
-    makespan = _span(step) / 1e6
-    busy = [0.0] * ranks
-    for rank, _, start, end in compute_slices(step, ranks):
-        busy[rank] += end - start
-    return tuple(_side(b, makespan) for b in busy), makespan
 
 
 def compare(timeline, events: list[dict]) -> Comparison:
     """Lay a ppc.sim Timeline beside the measured events of one step."""
     ranks = len(timeline.per_rank)
-    measured, makespan = measured_sides(events, ranks)
+    step = compared_step(events)
+    slices = compute_slices(step, ranks)
+    makespan = _span(step) / 1e6
+    busy = [0.0] * ranks
+    for piece in slices:
+        busy[piece.rank] += piece.end - piece.start
     predicted = tuple(RankSide(busy=s.busy, idle=s.idle, bubble=s.bubble) for s in timeline.per_rank)
-    return Comparison(predicted=predicted, measured=measured, predicted_makespan=float(timeline.makespan),
-                      measured_makespan=makespan,
-                      measured_slices=tuple(compute_slices(compared_step(events), ranks)))
+    return Comparison(predicted=predicted, measured=tuple(_side(b, makespan) for b in busy),
+                      predicted_makespan=float(timeline.makespan), measured_makespan=makespan,
+                      measured_slices=tuple(slices))
 
 
 def _step_numbers(events: list[dict]) -> list[int]:

@@ -23,7 +23,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -32,13 +31,11 @@ from collections import defaultdict
 from pathlib import Path
 
 from ppc.errors import CostError
+from ppc.profiling.compare_trace import COMPUTE_SLICE
 
 log = logging.getLogger(__name__)
 
 __all__ = ["calibrate_on_host", "calibration_schedule", "costs_from_trace", "fit_cores"]
-
-_COMPUTE = re.compile(r"^(\d+)([FBIW])\d+$")
-
 
 def calibration_schedule(ranks: int, stages: int) -> tuple[str, int]:
     """(schedule, V) the calibration run uses: GPipe-ordered, so it is not the schedule
@@ -182,7 +179,7 @@ def costs_from_trace(events: list[dict], *, stages: int, placement: list[int], s
         if event.get("ph") != "X" or args.get("step", 0) < skip_steps or "cpu_ms" not in args:
             continue
         name, cpu = str(event["name"]).strip(), float(args["cpu_ms"]) / 1e3
-        match = _COMPUTE.match(name)
+        match = COMPUTE_SLICE.match(name)
         if match:
             per_op[(match.group(2), int(match.group(1)))].append(cpu)
         elif "STEP" in name:
