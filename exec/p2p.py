@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from ppc.compiler.instructions import TensorSpec
+from ppc.ir.program import TensorSpec
 
 __all__ = ["BufferPool", "Pending", "Transport", "spec_dtype"]
 

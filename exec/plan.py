@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import torch
 from ppc.exec.config import RunConfig
 
-from ppc.compiler.instructions import Program
 from ppc.errors import RunError
+from ppc.ir.program import Program
 
 __all__ = ["Plan", "build_order", "build_plan", "check_model"]
 

@@ -1,6 +1,7 @@
 """The instruction interpreter: runs one rank's program for one training step.
 
-Dispatch goes through one `{Op: handler}` table built once. Adjacent communication
+Dispatch goes through one `{op kind: handler}` table built once from HANDLERS, which
+holds one handler per op-table row (registered with `@handles(name)`). Adjacent communication
 instructions form a group posted as one batch_isend_irecv; a received tensor is waited
 for only by the op that reads it. Values handed between stages of the same rank never
 touch the transport. Receive buffers are allocated once, from the tensor specs, when the
@@ -26,13 +27,41 @@ from ppc.exec.autograd_split import (
 )
 from ppc.exec.p2p import BufferPool, Pending, Transport, spec_dtype
 
-from ppc.compiler.instructions import Instruction, Op, Program
-from ppc.compiler.stage_graph import INPUT
 from ppc.errors import RunError
+from ppc.ir.program import Instruction, Program
+from ppc.ir.stage_graph import INPUT
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RankRuntime"]
+__all__ = ["HANDLERS", "RankRuntime", "handles"]
+
+HANDLERS: dict[str, Callable] = {}
+"""Runtime handler of each op-table kind, by op name: `handler(runtime, instruction)` for
+compute and step-level ops, `handler(runtime, instruction, comm)` for transfers."""
+
+
+def handles(name: str) -> Callable[[Callable], Callable]:
+    """Register the decorated function as the runtime handler of op `name`."""
+
+    def register(handler: Callable) -> Callable:
+        HANDLERS[name] = handler
+        return handler
+
+    return register
+
+
+def _bind_handlers(runtime: RankRuntime) -> dict:
+    """{op kind: bound handler} for the ops this rank's program uses; an op without a
+    handler stops the run before the first step, naming the rank and the instruction."""
+    bound = {}
+    for ins in runtime.instructions:
+        if ins.op not in bound:
+            handler = HANDLERS.get(ins.op.name)
+            if handler is None:
+                raise RunError(f"rank {runtime.rank}: no runtime handler for instruction {ins} "
+                               f"(op {ins.op.name})")
+            bound[ins.op] = handler.__get__(runtime)
+    return bound
 
 
 @dataclass(slots=True)
@@ -88,18 +117,7 @@ class RankRuntime:
         self.trace_records: list[tuple[str, float, float, float]] | None = [] if trace else None
         """(name, start, end, CPU seconds of this thread in between) per traced slice."""
         self.current: tuple[int, Instruction] | None = None
-        self.handlers: dict[Op, Callable] = {
-            Op.F: self._forward,
-            Op.B: self._backward_full,
-            Op.I: self._backward_input,
-            Op.W: self._backward_weight,
-            Op.SEND_F: self._send_f,
-            Op.RECV_F: self._recv_f,
-            Op.SEND_B: self._send_b,
-            Op.RECV_B: self._recv_b,
-            Op.REDUCE_TIED: self._reduce_tied,
-            Op.STEP: self._step,
-        }
+        self.handlers = _bind_handlers(self)
 
     # ----- the step loop -------------------------------------------------------------
 
@@ -140,9 +158,7 @@ class RankRuntime:
         self.current = (step, ins)
         if self._observer is not None:
             self._observer(step, ins)
-        handler = self.handlers.get(ins.op)
-        if handler is None:
-            raise RunError(f"rank {self.rank}: no handler for instruction {ins}")
+        handler = self.handlers[ins.op]
         if self.trace_records is None:
             handler(ins)
             return
@@ -154,11 +170,11 @@ class RankRuntime:
     def _await_inputs(self, ins: Instruction) -> None:
         """Wait for the receives `ins` reads before it starts, so a trace shows the wait as
         its own `wait` slice instead of inside the op (only when tracing)."""
-        if ins.op == Op.F:
+        if ins.op.reads == "activations":
             names = self.split.stages[ins.stage].inputs
             slots = [self._fwd.get((name, ins.mb)) for name in names]
             pending = [slot[1] for slot in slots if slot is not None and slot[1] is not None]
-        elif ins.op in (Op.B, Op.I):
+        elif ins.op.reads == "gradients":
             act = self._acts.get((ins.stage, ins.mb))
             names = [name for name, _ in act.outputs] if act is not None else []
             pending = [p for name in names for _, p in self._out_grads.get((name, ins.mb), ()) if p is not None]
@@ -199,6 +215,7 @@ class RankRuntime:
 
     # ----- compute ---------------------------------------------------------------------
 
+    @handles("F")
     def _forward(self, ins: Instruction) -> None:
         stage = self.split.stages[ins.stage]
         args, leaves = [], []
@@ -292,12 +309,14 @@ class RankRuntime:
         for buf in act.buffers:
             self.pool.give(buf)
 
+    @handles("B")
     def _backward_full(self, ins: Instruction) -> None:
         act, roots, grads = self._roots(ins)
         leaves = [leaf for _, leaf in act.inputs]
         self._hand_back(ins, act, backward_full(roots, grads, leaves, self.params[ins.stage]))
         self._release(ins, act)
 
+    @handles("I")
     def _backward_input(self, ins: Instruction) -> None:
         act, roots, grads = self._roots(ins)
         leaves = [leaf for _, leaf in act.inputs]
@@ -305,6 +324,7 @@ class RankRuntime:
         act.outputs = []  # W starts inside the graph; the outputs are no longer needed
         self._hand_back(ins, act, input_grads)
 
+    @handles("W")
     def _backward_weight(self, ins: Instruction) -> None:
         act = self._acts.get((ins.stage, ins.mb))
         if act is None or act.work is None:
@@ -319,6 +339,7 @@ class RankRuntime:
 
     # ----- communication ------------------------------------------------------------
 
+    @handles("SEND_F")
     def _send_f(self, ins: Instruction, comm: _Comm) -> None:
         tensors, originals = [], []
         for spec in ins.tensors:
@@ -333,6 +354,7 @@ class RankRuntime:
         comm.sends.append((ins.peer, tensors))
         comm.after_post.append(lambda p: p.on_done.extend(_freer(originals, tensors)))
 
+    @handles("SEND_B")
     def _send_b(self, ins: Instruction, comm: _Comm) -> None:
         tensors = []
         for spec in ins.tensors:
@@ -343,6 +365,7 @@ class RankRuntime:
         comm.sends.append((ins.peer, tensors))
         comm.after_post.append(lambda p: p.on_done.append(lambda: tensors.clear()))
 
+    @handles("RECV_F")
     def _recv_f(self, ins: Instruction, comm: _Comm) -> None:
         bufs = [self.pool.take(spec) for spec in ins.tensors]
         self._step_buffers.extend(bufs)
@@ -354,6 +377,7 @@ class RankRuntime:
 
         comm.after_post.append(fill)
 
+    @handles("RECV_B")
     def _recv_b(self, ins: Instruction, comm: _Comm) -> None:
         bufs = [self.pool.take(spec) for spec in ins.tensors]
         comm.recvs.append((ins.peer, bufs))
@@ -366,10 +390,12 @@ class RankRuntime:
 
     # ----- step-level -----------------------------------------------------------------
 
+    @handles("REDUCE_TIED")
     def _reduce_tied(self, ins: Instruction) -> None:
         if self._on_reduce_tied is not None:
             self._on_reduce_tied(ins)
 
+    @handles("STEP")
     def _step(self, ins: Instruction) -> None:
         self._wait_all()
         if self._on_step is not None:
@@ -385,15 +411,15 @@ class RankRuntime:
         peak: Counter = Counter()
         held: dict[tuple[int, int], list[tuple]] = {}
         for ins in self.instructions:
-            if ins.op in (Op.RECV_F, Op.RECV_B):
+            if ins.op.is_recv:
                 for spec in ins.tensors:
                     key = (tuple(spec.shape), spec_dtype(spec))
                     live[key] += 1
                     peak[key] = max(peak[key], live[key])
                     value = self.values.get(spec.name)
-                    if ins.op == Op.RECV_B and value is not None:
+                    if ins.op.carries == "gradients" and value is not None:
                         held.setdefault((value.producer, ins.mb), []).append(key)
-            elif ins.op in (Op.B, Op.W):
+            elif "weight_grad" in ins.op.phases:
                 for key in held.pop((ins.stage, ins.mb), []):
                     live[key] -= 1
         for (shape, dtype), count in peak.items():
@@ -404,12 +430,12 @@ class RankRuntime:
         """Per (value, mb): local forwards that read it plus sends that carry it."""
         uses: Counter = Counter()
         for ins in self.instructions:
-            if ins.op == Op.F:
+            if ins.op.reads == "activations":
                 for name in self.split.stages[ins.stage].inputs:
                     value = self.values.get(name)
                     if value is not None and value.producer != INPUT:
                         uses[(name, ins.mb)] += 1
-            elif ins.op == Op.SEND_F:
+            elif ins.op.is_send and ins.op.carries == "activations":
                 for spec in ins.tensors:
                     uses[(spec.name, ins.mb)] += 1
         return uses

@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ppc.errors import CostError
+from ppc.ir import ops
+from ppc.ir.ops import OpKind
 
 _KEYS = {"F", "B", "I", "W", "latency", "bandwidth", "weight_share", "step", "post", "cores", "threads"}
 
@@ -96,17 +98,14 @@ class CostModel:
     def backward(self, stage: int) -> float:
         return self.backward_input[stage] + self.backward_weight[stage]
 
-    def duration(self, kind: str, stage: int) -> float:
-        """Time of a compute op of `kind` ("F", "B", "I" or "W") on `stage`."""
-        if kind == "F":
-            return self.forward[stage]
-        if kind == "B":
-            return self.backward(stage)
-        if kind == "I":
-            return self.backward_input[stage]
-        if kind == "W":
-            return self.backward_weight[stage]
-        raise ValueError(f"not a compute kind: {kind!r}")
+    def duration(self, kind: OpKind | str, stage: int) -> float:
+        """Time of a compute op of `kind` (an op-table row or its name) on `stage`: the
+        row's cost rule."""
+        if isinstance(kind, str):
+            kind = ops.get(kind)
+        if kind.cost is None:
+            raise ValueError(f"not a compute kind: {kind.name!r}")
+        return kind.cost(self, stage)
 
     def step(self, stages) -> float:
         """Time of the optimizer step of a rank that owns `stages`."""

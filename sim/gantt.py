@@ -5,9 +5,9 @@ from __future__ import annotations
 from ppc.sim.timeline import Timeline
 from rich.text import Text
 
-from ppc.compiler import opcodes as opc
+from ppc.ir import ops
 
-STYLE = {"F": "black on cyan", "B": "black on magenta", "I": "black on yellow", "W": "black on green"}
+STYLE = {name: f"black on {colour}" for name, colour in ops.colours().items()}
 IDLE = "·"
 
 
@@ -29,7 +29,7 @@ def gantt(timeline: Timeline, *, width: int = 100) -> Text:
         mark = [""] * cells
         base = timeline.offset[rank]
         for i, instr in enumerate(program.instructions[rank]):
-            if opc.CODE[instr.op._value_] > opc.W:
+            if not instr.op.is_compute:
                 continue
             start, end = timeline.start[base + i], timeline.end[base + i]
             first = min(int(start / step), cells - 1)
@@ -48,8 +48,8 @@ def gantt(timeline: Timeline, *, width: int = 100) -> Text:
                 out.append(IDLE, style="dim")
         out.append("\n")
     out.append(" " * (label + 1))
-    for k in "FBIW":
-        out.append(f" {k} ", style=STYLE[k])
+    for k, style in STYLE.items():
+        out.append(f" {k} ", style=style)
         out.append(" ")
     out.append(f"  {IDLE} idle   makespan {timeline.makespan:g} {timeline.costs.unit}\n")
     return out

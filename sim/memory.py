@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ppc.compiler import opcodes as opc
-from ppc.compiler.instructions import Program
 from ppc.costs import CostModel
+from ppc.ir import ops
+from ppc.ir.order import ComputeOrder
+from ppc.ir.program import Program
+from ppc.ir.program import codes as program_codes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -25,36 +27,39 @@ class RankMemory:
 
 
 def rank_memory(program: Program, costs: CostModel, *, codes: list[int] | None = None) -> tuple[RankMemory, ...]:
-    """Peak activations per rank; `codes` (opcodes of all instructions, rank-major) saves a pass."""
-    code = codes if codes is not None else opc.codes(i for row in program.instructions for i in row)
-    sizes = costs.activation_bytes
-    keep = costs.weight_share
-    result = []
-    g = 0
+    """Peak activations per rank of a program; `codes` (op codes of all instructions,
+    rank-major) saves a pass."""
+    code = codes if codes is not None else program_codes(i for row in program.instructions for i in row)
+    rows, g = [], 0
     for row in program.instructions:
-        alive = peak = 0
-        live = peak_b = 0.0
-        for instr in row:
-            c = code[g]
-            g += 1
-            if c == opc.F:
-                alive += 1
-                if alive > peak:  # noqa: PLR1730 (hot loop)
-                    peak = alive
-                if sizes:
-                    live += sizes[instr.stage]
-                    if live > peak_b:  # noqa: PLR1730
-                        peak_b = live
-            elif c == opc.B:
-                alive -= 1
-                if sizes:
-                    live -= sizes[instr.stage]
-            elif c == opc.I:
-                if sizes:
-                    live -= (1.0 - keep) * sizes[instr.stage]
-            elif c == opc.W:
-                alive -= 1
-                if sizes:
-                    live -= keep * sizes[instr.stage]
-        result.append(RankMemory(peak_activations=peak, peak_bytes=round(peak_b) if sizes else None))
-    return tuple(result)
+        rows.append(zip(code[g:g + len(row)], (i.stage for i in row)))
+        g += len(row)
+    return tuple(_peak(row, costs) for row in rows)
+
+
+def order_memory(order: ComputeOrder, costs: CostModel) -> tuple[RankMemory, ...]:
+    """Peak activations per rank of a compute order (communication changes no memory)."""
+    return tuple(_peak(((a.kind.code, a.stage) for a in row), costs) for row in order.compute)
+
+
+def _peak(row, costs: CostModel) -> RankMemory:
+    """Walk one rank's (code, stage) pairs applying each op's memory effect (op table)."""
+    sizes = costs.activation_bytes
+    memory = ops.Codes.get().memory
+    sets = [m.sets for m in memory]
+    fraction = [m.whole + m.share * costs.weight_share for m in memory]
+    alive = peak = 0
+    live = peak_b = 0.0
+    for c, stage in row:
+        d = sets[c]
+        if d:
+            alive += d
+            if alive > peak:  # noqa: PLR1730 (hot loop)
+                peak = alive
+        if sizes:
+            f = fraction[c]
+            if f:
+                live += f * sizes[stage]
+                if live > peak_b:  # noqa: PLR1730
+                    peak_b = live
+    return RankMemory(peak_activations=peak, peak_bytes=round(peak_b) if sizes else None)

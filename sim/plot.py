@@ -13,9 +13,9 @@ from pathlib import Path
 
 from ppc.sim.timeline import Timeline
 
-from ppc.compiler import opcodes as opc
+from ppc.ir import ops
 
-COLORS = {"F": "#4c9be8", "B": "#b565c9", "I": "#e8b04c", "W": "#5cb85c"}
+COLORS = ops.colours()
 FORMATS = (".svg", ".png", ".html")
 
 
@@ -91,8 +91,7 @@ def _draw_one(ax, timeline: Timeline, horizon: float) -> None:
     for rank in range(program.ranks):
         base = timeline.offset[rank]
         for i, instr in enumerate(program.instructions[rank]):
-            code = opc.CODE[instr.op._value_]
-            if code > opc.W:
+            if not instr.op.is_compute:
                 continue
             start, end = timeline.start[base + i], timeline.end[base + i]
             kind = instr.op.value

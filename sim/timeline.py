@@ -15,15 +15,15 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ppc.sim.graph import ProgramGraph
 from ppc.sim.memory import rank_memory
-from ppc.sim.validate import check
 
-from ppc.compiler import opcodes as opc
-from ppc.compiler.instructions import Instruction, Program
-from ppc.compiler.stage_graph import StageGraph
 from ppc.costs import CostModel
 from ppc.errors import CostError
+from ppc.ir import ops
+from ppc.ir.program import Instruction, Program
+from ppc.ir.stage_graph import StageGraph
+from ppc.verify.graph import ProgramGraph
+from ppc.verify.program import check
 
 __all__ = ["RankStats", "Span", "Timeline", "simulate"]
 
@@ -126,7 +126,10 @@ def _run(pg: ProgramGraph, costs: CostModel):
     instrs, code, partner, rank_of = pg.instrs, pg.code, pg.partner, pg.rank_of
     ranks = pg.program.ranks
     n = len(instrs)
-    dur = [[costs.duration(k, s) for s in range(costs.stages)] for k in "FBIW"]
+    codes = ops.Codes.get()
+    is_compute, is_comm, is_send, is_recv = codes.is_compute, codes.is_comm, codes.is_send, codes.is_recv
+    is_collective, is_step = codes.is_collective, codes.is_step
+    dur = _durations(costs)
     transfer = costs.transfer
     post_cost = costs.post
     step_cost = _step_costs(pg, costs)
@@ -139,7 +142,7 @@ def _run(pg: ProgramGraph, costs: CostModel):
     arrive = [0.0] * n
     reached = bytearray(n)
     group_of = {g: members for members in pg.groups.values() for g in members}
-    steps = [g for g in range(n) if code[g] == opc.STEP]
+    steps = [g for g in range(n) if is_step[code[g]]]
     steps_reached = 0
     ptr = list(pg.offset)
     limit = pg.offset[1:] + [n]
@@ -152,21 +155,21 @@ def _run(pg: ProgramGraph, costs: CostModel):
         g, lim, t, work = ptr[r], limit[r], free[r], 0.0
         while g < lim:
             c = code[g]
-            if c <= opc.W:
+            if is_compute[c]:
                 start[g] = t
                 d = dur[c][instrs[g].stage]
                 t += d
                 work += d
                 end[g] = t
-            elif c <= opc.RECV_B:
+            elif is_comm[c]:
                 if not opened[g]:
                     # the executor posts a run of adjacent transfers as one batch: it pays
                     # `post` once, and every send leaves before any receive is waited for
                     t += post_cost
                     j = g
-                    while j < lim and opc.SEND_F <= code[j] <= opc.RECV_B:
+                    while j < lim and is_comm[code[j]]:
                         opened[j] = 1
-                        if code[j] == opc.SEND_F or code[j] == opc.SEND_B:
+                        if is_send[code[j]]:
                             start[j] = end[j] = t
                             arrive[j] = t + send_seconds(instrs[j])
                             posted[j] = 1
@@ -174,7 +177,7 @@ def _run(pg: ProgramGraph, costs: CostModel):
                             if woken:
                                 stack.extend(woken)
                         j += 1
-                if c == opc.RECV_F or c == opc.RECV_B:
+                if is_recv[c]:
                     h = partner[g]
                     if not posted[h]:
                         waiting.setdefault(h, []).append(r)
@@ -184,7 +187,7 @@ def _run(pg: ProgramGraph, costs: CostModel):
                         t = arrive[h]
                         pred[g] = h
                     end[g] = t
-            elif c == opc.REDUCE_TIED:
+            elif is_collective[c]:
                 reached[g] = 1
                 start[g] = t
                 members = group_of[g]
@@ -201,7 +204,7 @@ def _run(pg: ProgramGraph, costs: CostModel):
                         mr = rank_of[m]
                         ptr[mr], free[mr] = m + 1, t
                         stack.append(mr)
-            elif c == opc.STEP:
+            elif is_step[c]:
                 # the global gradient norm is all-reduced first: every rank waits for the last
                 start[g] = t
                 steps_reached += 1
@@ -227,6 +230,12 @@ def _run(pg: ProgramGraph, costs: CostModel):
     if stuck:  # validation rules this out; keep the failure loud if it ever happens
         raise RuntimeError(f"timeline stalled on ranks {stuck}")
     return start, end, pred, busy
+
+
+def _durations(costs: CostModel) -> list[list[float] | None]:
+    """dur[code][stage] for every compute kind in the op table (its cost rule)."""
+    return [[costs.duration(k, s) for s in range(costs.stages)] if k.is_compute else None
+            for k in ops.table()]
 
 
 def _send_seconds(costs: CostModel):
@@ -264,14 +273,15 @@ class _SharedCores:
         self.pg, self.costs = pg, costs
         n = len(pg.instrs)
         self.ranks = pg.program.ranks
-        self.dur = [[costs.duration(k, s) for s in range(costs.stages)] for k in "FBIW"]
+        self.dur = _durations(costs)
+        self.codes = ops.Codes.get()
         self.step_cost = _step_costs(pg, costs)
         self.send_seconds = _send_seconds(costs)
         self.start, self.end, self.pred = [0.0] * n, [0.0] * n, [-1] * n
         self.arrive = [0.0] * n
         self.posted, self.opened, self.reached = bytearray(n), bytearray(n), bytearray(n)
         self.group_of = {g: members for members in pg.groups.values() for g in members}
-        self.steps = [g for g in range(n) if pg.code[g] == opc.STEP]
+        self.steps = [g for g in range(n) if self.codes.is_step[pg.code[g]]]
         self.ptr = list(pg.offset)
         self.limit = pg.offset[1:] + [n]
         self.busy = [0.0] * self.ranks
@@ -323,9 +333,9 @@ class _SharedCores:
 
     def _post_sends(self, g: int, lim: int) -> None:
         """Post every send of the transfer group g belongs to (from g on) at `now`."""
-        code, now = self.pg.code, self.now
-        while g < lim and opc.SEND_F <= code[g] <= opc.RECV_B:
-            if (code[g] == opc.SEND_F or code[g] == opc.SEND_B) and not self.posted[g]:
+        code, now, codes = self.pg.code, self.now, self.codes
+        while g < lim and codes.is_comm[code[g]]:
+            if codes.is_send[code[g]] and not self.posted[g]:
                 self.start[g] = self.end[g] = now
                 self.arrive[g] = now + self.send_seconds(self.pg.instrs[g])
                 self.posted[g] = 1
@@ -334,27 +344,27 @@ class _SharedCores:
 
     def _advance(self, r: int) -> None:
         """Run rank r's instructions at `now` until it computes, sleeps or blocks."""
-        pg, code, now = self.pg, self.pg.code, self.now
+        pg, code, now, codes = self.pg, self.pg.code, self.now, self.codes
         g, lim = self.ptr[r], self.limit[r]
         self.ptr[r] = lim
         while g < lim:
             c = code[g]
-            if c <= opc.W:
+            if codes.is_compute[c]:
                 self.start[g] = now
                 self.ptr[r] = g
                 self._compute(r, self.dur[c][pg.instrs[g].stage], ends=True)
                 return
-            if c <= opc.RECV_B:
+            if codes.is_comm[c]:
                 if not self.opened[g]:  # a new batch of transfers: pay for posting it first
                     j = g
-                    while j < lim and opc.SEND_F <= code[j] <= opc.RECV_B:
+                    while j < lim and codes.is_comm[code[j]]:
                         self.opened[j] = 1
                         j += 1
                     self.ptr[r] = g
                     self._compute(r, self.costs.post, ends=False)
                     return
                 self._post_sends(g, lim)
-                if c == opc.RECV_F or c == opc.RECV_B:
+                if codes.is_recv[c]:
                     h = pg.partner[g]
                     if not self.reached[g]:
                         self.reached[g] = 1
@@ -369,7 +379,7 @@ class _SharedCores:
                         heapq.heappush(self.sleep, (self.arrive[h], r))
                         return
                     self.end[g] = now
-            elif c == opc.REDUCE_TIED:
+            elif codes.is_collective[c]:
                 self.reached[g] = 1
                 self.start[g] = now
                 members = self.group_of[g]
@@ -385,7 +395,7 @@ class _SharedCores:
                 else:
                     self.ptr[r] = g
                 return
-            elif c == opc.STEP:
+            elif codes.is_step[c]:
                 self.ptr[r] = g
                 if self.reached[g]:  # synced: the optimizer step itself
                     self._compute(r, self.step_cost[r], ends=True)
@@ -410,9 +420,10 @@ def _critical_path(pg: ProgramGraph, start, end, pred) -> tuple[Span, ...]:
         return ()
     g = max(range(len(end)), key=end.__getitem__)
     path = []
+    is_compute = ops.Codes.get().is_compute
     while g >= 0:
         r = pg.rank_of[g]
-        if pg.code[g] <= opc.W:
+        if is_compute[pg.code[g]]:
             path.append(Span(rank=r, instruction=pg.instrs[g], start=start[g], end=end[g]))
         if pred[g] >= 0:
             g = pred[g]

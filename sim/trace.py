@@ -7,8 +7,6 @@ from pathlib import Path
 
 from ppc.sim.timeline import Timeline
 
-from ppc.compiler import opcodes as opc
-
 _US_PER_UNIT = {"s": 1e6, "ms": 1e3, "us": 1.0}
 
 
@@ -21,9 +19,8 @@ def trace_events(timeline: Timeline) -> dict:
         events.append({"name": "thread_name", "ph": "M", "pid": 0, "tid": rank, "args": {"name": f"rank {rank}"}})
         base = timeline.offset[rank]
         for i, instr in enumerate(program.instructions[rank]):
-            code = opc.CODE[instr.op._value_]
             start, end = timeline.start[base + i], timeline.end[base + i]
-            if code > opc.W and end <= start:
+            if not instr.op.is_compute and end <= start:
                 continue
             events.append({
                 "name": str(instr),

@@ -17,8 +17,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ppc.compiler.instructions import TensorSpec
-from ppc.compiler.stage_graph import INPUT, StageGraph, StageValue, TiedWeight
+from ppc.ir.program import TensorSpec
+from ppc.ir.stage_graph import INPUT, StageGraph, StageValue, TiedWeight
 
 DIM, VOCAB, BLOCKS = 16, 256, 8
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ppc.compiler.instructions import Op
 from ppc.compiler.lower import lower
-from ppc.compiler.stage_graph import INPUT
 from ppc.frontend import build_model, build_split, split, trace
 from ppc.frontend.split import balance, balanced_sizes, equal_layers, equal_sizes, stage_costs
+from ppc.ir.program import Op
+from ppc.ir.stage_graph import INPUT
 from ppc.lang import load_schedule
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ppc.errors import ScheduleError
+from ppc.errors import PpcError, ScheduleError
 from ppc.lang import load_schedule
 from ppc.lang.csv_format import parse_csv, read_csv, write_csv
 
@@ -34,12 +34,12 @@ def test_blank_cells_are_skipped_and_vshape_is_inferred() -> None:
         ("0F0,0SEND_F0\n", "1:5: unknown action '0SEND_F0'"),
         ("0F0,0B0\n0F1,0B1\n", "stage 0 has actions on rows 0 and 1"),
         ("0F0,0B0\n2F0,2B0\n", "stage 1 has no actions"),
-        ("0F0,0B0,0B0\n", "0B0 is produced twice"),
+        ("0F0,0B0,0B0\n", "0B0 runs twice"),
         ("0B0,0F0\n", "0B0 comes before 0F0"),
     ],
 )
 def test_bad_csv_is_refused_with_a_position(text: str, message: str) -> None:
-    with pytest.raises(ScheduleError) as caught:
+    with pytest.raises(PpcError) as caught:
         parse_csv(text, "x.csv")
     assert message in str(caught.value).replace("x.csv:", "")
 

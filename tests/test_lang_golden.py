@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ppc.errors import ScheduleError
+from ppc.errors import PpcError
 from ppc.lang import load_schedule
 from ppc.lang.listing import format_listing
 
@@ -43,7 +43,7 @@ def test_listing_matches_golden(path: Path) -> None:
 
 @pytest.mark.parametrize("path", BAD, ids=lambda p: p.stem)
 def test_error_matches_golden(path: Path) -> None:
-    with pytest.raises(ScheduleError) as caught:
+    with pytest.raises(PpcError) as caught:
         load_schedule(str(path)).expand(ranks=2, microbatches=3)
     error = caught.value
     assert error.pos is not None and error.pos.path == str(path)

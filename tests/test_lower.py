@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 from ppc.sim.timeline import simulate
 
-from ppc.actions import Action, ComputeOrder
 from ppc.compiler import compile_program
-from ppc.compiler.instructions import Op, TensorSpec
 from ppc.compiler.lower import index_order, lower
 from ppc.compiler.predict import cross_rank_deps, predict
-from ppc.compiler.routes import plan_routes
-from ppc.compiler.stage_graph import INPUT, StageGraph, StageValue, TiedWeight, synthetic_chain
 from ppc.costs import CostModel
 from ppc.errors import DeadlockError, ValidationError
+from ppc.ir.order import Action, ComputeOrder
+from ppc.ir.program import Op, TensorSpec
+from ppc.ir.routes import plan_routes
+from ppc.ir.stage_graph import INPUT, StageGraph, StageValue, TiedWeight, synthetic_chain
 from ppc.lang import load_schedule
 
 
@@ -162,11 +162,11 @@ def test_cross_rank_cycle_is_reported_as_a_cycle_of_waits():
 @pytest.mark.parametrize(
     ("rows", "message"),
     [
-        (["0F0 0B0 0F1", "1F0 1B0 1F1 1B1"], "missing op 0B1: rank 0 never runs the backward"),
-        (["0F0 0F0 0B0", "1F0 1B0"], "duplicate op 0F0: rank 0 runs it at positions 0 and 1"),
-        (["0B0 0F0", "1F0 1B0"], "backward before forward: rank 0 runs 0B0 at position 0 before 0F0"),
-        (["0F0 0W0 0I0", "1F0 1B0"], "W before I: rank 0 runs 0W0"),
-        (["0F0 0I0", "1F0 1B0"], "missing op 0W0: rank 0 runs 0I0 without it"),
+        (["0F0 0B0 0F1", "1F0 1B0 1F1 1B1"], "rank 0: stage 0 microbatch 1 has no backward"),
+        (["0F0 0F0 0B0", "1F0 1B0"], "rank 0 position 1: 0F0 runs twice (first at rank 0 position 0)"),
+        (["0B0 0F0", "1F0 1B0"], "rank 0 position 0: 0B0 comes before 0F0 (at rank 0 position 1), which it needs"),
+        (["0F0 0W0 0I0", "1F0 1B0"], "rank 0 position 1: 0W0 comes before 0I0"),
+        (["0F0 0I0", "1F0 1B0"], "rank 0: 0I0 runs but 0W0 never does"),
         (["0F0 0B0 1F0", "1B0"], "rank 0 position 2: 1F0 runs on rank 0, but stage 1 is placed on rank 1"),
     ],
 )
@@ -181,7 +181,7 @@ def test_malformed_orders_fail_with_one_precise_line(rows, message):
 def test_local_data_order_is_checked():
     # both stages on rank 0; stage 1 reads stage 0's output but runs first
     order = order_of(["1F0 0F0 1B0 0B0"], placement=(0, 0))
-    with pytest.raises(ValidationError, match="runs 1F0 at position 0 before 0F0 at position 1, whose output"):
+    with pytest.raises(ValidationError, match="1F0 comes before 0F0 \\(at rank 0 position 1\\), whose output"):
         lower(order)
 
 

@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 
-from ppc.actions import Action, ComputeOrder, Kind
 from ppc.costs import CostModel
 from ppc.errors import CostError, ScheduleError
+from ppc.ir.order import Action, ComputeOrder, Kind
 from ppc.lang.expand import expand
 from ppc.lang.parser import parse
 from ppc.profiling import zb_policy

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ppc.actions import Kind
 from ppc.errors import ScheduleError
+from ppc.ir.order import Kind
 from ppc.lang import load_schedule
 from ppc.lang.expand import bind_params, expand
 from ppc.lang.parser import parse

@@ -6,7 +6,7 @@ from unittest import mock
 
 import pytest
 
-from ppc.actions import Action, Kind
+from ppc.ir.order import Action, Kind
 from ppc.lang import load_schedule
 
 schedule_visualizer = pytest.importorskip("torch.distributed.pipelining._schedule_visualizer")

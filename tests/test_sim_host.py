@@ -6,15 +6,15 @@ import dataclasses
 import json
 
 import pytest
-from ppc.sim.graph import build
 from ppc.sim.timeline import _SharedCores, simulate
 
-from ppc.compiler.instructions import TensorSpec
 from ppc.compiler.lower import lower
-from ppc.compiler.stage_graph import StageGraph, StageValue
 from ppc.costs import CostModel
 from ppc.errors import CostError
+from ppc.ir.program import TensorSpec
+from ppc.ir.stage_graph import StageGraph, StageValue
 from ppc.lang import load_schedule
+from ppc.verify.graph import build
 
 SCHEDULES = [("gpipe", 4, 8, None), ("1f1b", 4, 8, None), ("interleaved_1f1b", 2, 4, 2), ("zb_h1", 3, 6, None),
              ("zbv", 2, 4, 2)]

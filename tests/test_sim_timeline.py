@@ -7,11 +7,11 @@ import itertools
 import pytest
 from ppc.sim.timeline import simulate
 
-from ppc.compiler.instructions import TensorSpec
 from ppc.compiler.lower import lower
-from ppc.compiler.stage_graph import StageGraph, StageValue
 from ppc.costs import CostModel
 from ppc.errors import CostError
+from ppc.ir.program import TensorSpec
+from ppc.ir.stage_graph import StageGraph, StageValue
 from ppc.lang import load_schedule
 
 GRID = [(r, m) for r in (2, 3, 4, 8) for m in (1, 2, 3, 4, 8, 16) if m >= 1]

@@ -6,13 +6,13 @@ import dataclasses
 
 import networkx as nx
 import pytest
-from ppc.sim.graph import build, to_networkx
-from ppc.sim.validate import validate
 
 from ppc.compiler import compile_program
-from ppc.compiler.instructions import Instruction, Op, Program
 from ppc.errors import DeadlockError, ValidationError
+from ppc.ir.program import Instruction, Op, Program
 from ppc.lang import load_schedule
+from ppc.verify.graph import build, to_networkx
+from ppc.verify.program import validate
 
 
 def program_1f1b(ranks=2, microbatches=2) -> Program:
@@ -58,13 +58,13 @@ def test_send_after_a_receive_deadlocks_with_the_cycle_of_waits():
 
 def test_missing_compute_op():
     program = edit(program_1f1b(), 1, lambda row: [i for i in row if str(i) != "1B1"])
-    with pytest.raises(ValidationError, match=r"^missing op 1B1: rank 1 never runs the backward"):
+    with pytest.raises(ValidationError, match=r"^rank 1: stage 1 microbatch 1 has no backward"):
         validate(program)
 
 
 def test_duplicate_compute_op():
     program = edit(program_1f1b(), 0, lambda row: row[:1] + row[:1] + row[1:])
-    with pytest.raises(ValidationError, match=r"^duplicate op 0F0: rank 0 runs it at positions 0 and 1$"):
+    with pytest.raises(ValidationError, match=r"^rank 0 position 1: 0F0 runs twice \(first at rank 0 position 0\)$"):
         validate(program)
 
 
@@ -76,7 +76,7 @@ def test_unmatched_send():
 
 
 def test_receive_of_a_different_spec_is_rejected():
-    from ppc.compiler.instructions import TensorSpec
+    from ppc.ir.program import TensorSpec
 
     def change(row):
         i = find(row, "1RECV_F0")
@@ -139,7 +139,7 @@ def test_backward_before_forward_in_a_program():
         row[f], row[b] = row[b], row[f]
         return row
 
-    with pytest.raises(ValidationError, match=r"^backward before forward: rank 1 runs 1B0"):
+    with pytest.raises(ValidationError, match=r"^rank 1 position \d+: 1B0 comes before 1F0"):
         validate(edit(program_1f1b(), 1, swap))
 
 

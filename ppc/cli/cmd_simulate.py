@@ -79,7 +79,7 @@ def simulate_schedule(spec: str, args: argparse.Namespace):
     from ppc.costs import CostModel
     from ppc.lang import load_schedule
     from ppc.sim.timeline import simulate
-    from ppc.sim.validate import check
+    from ppc.verify.program import check
 
     name, virtual = split_virtual(spec, args.virtual)
     order = load_schedule(name).expand(

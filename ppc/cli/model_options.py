@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from ppc.actions import ComputeOrder
 from ppc.costs import CostModel
+from ppc.ir.order import ComputeOrder
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

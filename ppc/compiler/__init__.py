@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ppc.actions import ComputeOrder
-    from ppc.compiler.instructions import Program
-    from ppc.compiler.stage_graph import StageGraph
     from ppc.costs import CostModel
+    from ppc.ir.order import ComputeOrder
+    from ppc.ir.program import Program
+    from ppc.ir.stage_graph import StageGraph
 
 __all__ = ["compile_program"]
 
@@ -23,7 +23,7 @@ def compile_program(
 ) -> Program:
     """Lower `order` and validate the result; raises ValidationError / DeadlockError."""
     from ppc.compiler.lower import lower
-    from ppc.sim.validate import validate
+    from ppc.verify.program import validate
 
     program = lower(order, graph, costs=costs)
     validate(program, graph)

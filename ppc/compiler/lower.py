@@ -23,42 +23,19 @@ from __future__ import annotations
 import bisect
 import logging
 
-from ppc.actions import ComputeOrder
-from ppc.compiler.checks import ComputeIndex, check_local_routes, index_compute
-from ppc.compiler.instructions import Instruction, Op, Program, TensorSpec
-from ppc.compiler.opcodes import CODE, OP_OF, RECV_B, RECV_F, SEND_B, SEND_F, make
-from ppc.compiler.predict import (
-    Prediction,
-    cross_rank_deps,
-    first_forward_of,
-    last_backward_of,
-    predict,
-    transfer_bytes,
-)
-from ppc.compiler.routes import Route, graph_notes, plan_routes
-from ppc.compiler.stage_graph import StageGraph, synthetic_chain
+from ppc.compiler.predict import Prediction, cross_rank_deps, predict, transfer_bytes
 from ppc.costs import CostModel
 from ppc.errors import CostError, ValidationError
+from ppc.ir.ops import Op
+from ppc.ir.order import ComputeOrder
+from ppc.ir.program import Instruction, Program, TensorSpec, make
+from ppc.ir.routes import Route, graph_notes, plan_routes
+from ppc.ir.stage_graph import StageGraph, synthetic_chain
+from ppc.verify.order import ComputeIndex, first_forward_of, index_order, last_backward_of
 
 log = logging.getLogger(__name__)
 
 _EPS = 1e-9
-
-
-def order_rows(order: ComputeOrder) -> list[list[tuple[str, int, int]]]:
-    return [[(a.kind._value_, a.stage, a.mb) for a in row] for row in order.compute]
-
-
-def index_order(order: ComputeOrder, routes: tuple[Route, ...]) -> ComputeIndex:
-    """Check and index a compute order (raises ValidationError with its source position)."""
-    index = index_compute(
-        order_rows(order),
-        placement=order.placement,
-        microbatches=order.microbatches,
-        locate=order.origin,
-    )
-    check_local_routes(index, routes, locate=order.origin)
-    return index
 
 
 def lower(
@@ -107,11 +84,10 @@ def _place(
     width = 2 * sum(len(r.consumers) + len(r.grad_consumers) for r in routes) * index.microbatches + 2
     keys: list[list[int]] = [[] for _ in range(ranks)]
     instrs: list[list[Instruction]] = [[] for _ in range(ranks)]
-    op_of = {kind: OP_OF[CODE[kind]] for kind in "FBIW"}
     for g, (kind, stage, mb) in enumerate(index.ops):
         r = index.rank_of[g]
         keys[r].append((2 * seq[g] + 1) * width)
-        instrs[r].append(make(op_of[kind], stage, mb))
+        instrs[r].append(make(kind, stage, mb))
     slots = _Slots(index, pred, seq)
     for tid, (x, send_rank, send, recv_rank, recv) in enumerate(_transfers(index, routes, costs, slots)):
         key = 2 * x * width + tid
@@ -161,15 +137,15 @@ class _Slots:
 
 def _transfers(index: ComputeIndex, routes, costs: CostModel, slot: _Slots):
     """(X, sending rank, SEND, receiving rank, RECV) for every transfer, in a fixed order."""
-    send_f, recv_f, send_b, recv_b = (OP_OF[c] for c in (SEND_F, RECV_F, SEND_B, RECV_B))
+    send_f, recv_f, send_b, recv_b = Op.SEND_F, Op.RECV_F, Op.SEND_B, Op.RECV_B
     for route in routes:
         if route.local:
             continue
         p, q = route.producer, route.rank
-        r = index.rank_of[index.find("F", p, 0)]
+        r = index.rank_of[index.forward(p, 0)]
         tensors = route.forward
         seconds = costs.transfer(transfer_bytes(tensors))
-        pairs = zip(index.column("F", p), first_forward_of(index, route.consumers))
+        pairs = zip(index.forward_column(p), first_forward_of(index, route.consumers))
         for mb, (producer, consumer) in enumerate(pairs):
             c = index.ops[consumer][1]
             yield (

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from ppc.compiler.checks import ComputeIndex
-from ppc.compiler.routes import Route
 from ppc.costs import CostModel
 from ppc.errors import DeadlockError
+from ppc.ir.routes import Route
+from ppc.verify.order import ComputeIndex, last_backward_of
 
 Deps = list[list[tuple[int, float]]]
 
@@ -42,9 +42,9 @@ def cross_rank_deps(index: ComputeIndex, routes: Sequence[Route], costs: CostMod
         if route.local:
             continue
         fwd_time = costs.transfer(transfer_bytes(route.forward))
-        producers = index.column("F", route.producer)
+        producers = index.forward_column(route.producer)
         for c in route.consumers:
-            for g, fp in zip(index.column("F", c), producers):
+            for g, fp in zip(index.forward_column(c), producers):
                 deps[g].append((fp, fwd_time))
         if route.grad_consumers:
             bwd_time = costs.transfer(transfer_bytes(route.backward))
@@ -54,22 +54,13 @@ def cross_rank_deps(index: ComputeIndex, routes: Sequence[Route], costs: CostMod
     return deps
 
 
-def last_backward_of(index: ComputeIndex, stages: Sequence[int]) -> list[int]:
-    """Per microbatch, the latest input-gradient op (B or I) among `stages` (one rank)."""
-    columns = [index.backward_column(s) for s in stages]
-    return columns[0] if len(columns) == 1 else [max(ops) for ops in zip(*columns)]
-
-
-def first_forward_of(index: ComputeIndex, stages: Sequence[int]) -> list[int]:
-    """Per microbatch, the earliest F among `stages` (one rank)."""
-    columns = [index.column("F", s) for s in stages]
-    return columns[0] if len(columns) == 1 else [min(ops) for ops in zip(*columns)]
-
-
 def predict(index: ComputeIndex, ranks: int, deps: Deps, costs: CostModel) -> Prediction:
     """Time every op; raises DeadlockError with the cycle of waits if some never run."""
     n = len(index.ops)
-    duration = {(k, s): costs.duration(k, s) for k in "FBIW" for s in range(index.stages)}
+    duration = {}
+    for kind, stage, _ in index.ops:
+        if (kind, stage) not in duration:
+            duration[(kind, stage)] = costs.duration(kind, stage)
     dur = [duration[(k, s)] for k, s, _ in index.ops]
     start = [0.0] * n
     end = [0.0] * n

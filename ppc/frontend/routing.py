@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx
 
-from ppc.compiler.instructions import TensorSpec
-from ppc.compiler.stage_graph import INPUT, StageValue, TiedWeight
 from ppc.errors import ModelError
 from ppc.frontend.specs import NodeInfo, dtype_name, info
+from ppc.ir.program import TensorSpec
+from ppc.ir.stage_graph import INPUT, StageValue, TiedWeight
 
 
 @dataclass(slots=True, kw_only=True)

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from torch import fx
 
 from ppc.balance import balanced_partition
-from ppc.compiler.stage_graph import StageGraph
 from ppc.errors import ModelError
 from ppc.frontend import routing
 from ppc.frontend.specs import info
+from ppc.ir.stage_graph import StageGraph
 
 SPLIT_METHODS = ("cost", "layers", "params")
 

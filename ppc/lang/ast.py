@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ppc.actions import Kind
 from ppc.errors import SourcePos
+from ppc.ir.order import Kind
 
 # ---------------------------------------------------------------- expressions
 

@@ -11,9 +11,9 @@ import csv
 import io
 from pathlib import Path
 
-from ppc.actions import Action, ComputeOrder
 from ppc.errors import ScheduleError, SourcePos
-from ppc.lang.check import check_order
+from ppc.ir.order import Action, ComputeOrder
+from ppc.verify.order import check_order
 
 
 def write_csv(order: ComputeOrder) -> str:

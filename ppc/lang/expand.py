@@ -11,11 +11,11 @@ import logging
 from collections import defaultdict
 from collections.abc import Mapping
 
-from ppc.actions import Action, ComputeOrder
 from ppc.errors import ConstraintError, ScheduleError, SourcePos
+from ppc.ir.order import Action, ComputeOrder
 from ppc.lang import ast, placement, policy
-from ppc.lang.check import check_order
 from ppc.lang.evaluate import BASE_FUNCTIONS, Scope, evaluate
+from ppc.verify.order import check_order
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ppc.actions import ComputeOrder
+from ppc.ir.order import ComputeOrder
 
 
 def format_listing(order: ComputeOrder) -> str:

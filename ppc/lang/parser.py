@@ -8,15 +8,15 @@ import importlib.resources
 import lark
 from lark import Lark, Token, Transformer, v_args
 
-from ppc.actions import Kind
 from ppc.errors import PpcError, ScheduleError, SourcePos
+from ppc.ir import ops
+from ppc.ir.order import Kind
 from ppc.lang import ast
 
 _FRIENDLY = {
     "NAME": "a name",
     "SCHEDULE_NAME": "a schedule name",
     "INT": "a number",
-    "KIND": "an op (F, B, I, W)",
     "STRING": 'a "message"',
     "DOC": "a doc string",
     "LIMIT": "inflight or retained",
@@ -27,10 +27,20 @@ _FRIENDLY = {
 }
 
 
+def _kind_terminal() -> str:
+    """The grammar's op token: every op-table kind that schedules may write."""
+    names = sorted((k.name for k in ops.table() if k.statement), key=len, reverse=True)
+    return "KIND: " + " | ".join(f'"{name}"' for name in names) + "\n"
+
+
 @functools.cache
 def _parser() -> Lark:
     text = importlib.resources.files("ppc.lang").joinpath("grammar.lark").read_text()
-    return Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=True)
+    return Lark(text + _kind_terminal(), parser="lalr", propagate_positions=True,
+                maybe_placeholders=True)
+
+
+ops.on_change(_parser.cache_clear)
 
 
 def parse(text: str, path: str = "<string>") -> ast.ScheduleDef:
@@ -70,7 +80,10 @@ def _expected(names) -> str:
     terminals = {t.name: t for t in _parser().terminals}
     shown = []
     for name in sorted(names):
-        if name in _FRIENDLY:
+        if name == "KIND":
+            kinds = ", ".join(k.name for k in ops.table() if k.statement)
+            shown.append(f"an op ({kinds})")
+        elif name in _FRIENDLY:
             shown.append(_FRIENDLY[name])
         elif name in terminals and terminals[name].pattern.type == "str":
             shown.append(repr(terminals[name].pattern.value))

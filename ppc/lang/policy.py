@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ppc.actions import Action, Kind
 from ppc.errors import ScheduleError, SourcePos
+from ppc.ir.order import Action, Kind
 from ppc.lang import ast
 from ppc.lang.evaluate import Scope, evaluate
 from ppc.lang.placement import Layout

@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ppc.actions import ComputeOrder
 from ppc.errors import ScheduleError
+from ppc.ir.order import ComputeOrder
 from ppc.lang import ast
 from ppc.lang import placement as placements
 from ppc.lang.csv_format import read_csv

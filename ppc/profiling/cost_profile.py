@@ -27,10 +27,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ppc.compiler.instructions import TensorSpec
-from ppc.compiler.stage_graph import StageGraph, StageValue
 from ppc.costs import CostModel, read_costs_json
 from ppc.errors import CostError
+from ppc.ir.program import TensorSpec
+from ppc.ir.stage_graph import StageGraph, StageValue
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,38 +1,21 @@
 """Peak memory per rank: weights and optimizer state, plus the activations a compute
 order keeps alive.
 
-Activations depend only on each rank's order, not on timing: F of (stage, mb) adds the
-stage's activation bytes; B frees them; I frees all but `weight_share` of them, which
-the W of the same (stage, mb) frees.
+Activations depend only on each rank's order, not on timing; the simulator's memory
+model (ppc.sim.memory, from the op table's memory effects) counts them.
 """
 
 from __future__ import annotations
 
-from ppc.actions import ComputeOrder, Kind
 from ppc.costs import CostModel
+from ppc.ir.order import ComputeOrder
+from ppc.sim.memory import order_memory
 
 
 def peak_activation_bytes(order: ComputeOrder, costs: CostModel) -> tuple[int, ...]:
-    """Per rank, the largest activation bytes alive at once (0 when costs carry none)."""
-    if not costs.activation_bytes:
-        return (0,) * order.ranks
-    acts = costs.activation_bytes
-    peaks = []
-    for row in order.compute:
-        live = peak = 0.0
-        for action in row:
-            size = acts[action.stage]
-            if action.kind is Kind.F:
-                live += size
-            elif action.kind is Kind.B:
-                live -= size
-            elif action.kind is Kind.I:
-                live -= size * (1 - costs.weight_share)
-            else:
-                live -= size * costs.weight_share
-            peak = max(peak, live)
-        peaks.append(round(peak))
-    return tuple(peaks)
+    """Per rank, the largest activation bytes alive at once (0 when costs carry none):
+    the simulator's memory model, applied to the compute order."""
+    return tuple(m.peak_bytes or 0 for m in order_memory(order, costs))
 
 
 def weight_bytes(order: ComputeOrder, stage_params: tuple[int, ...], bytes_per_param: float) -> tuple[int, ...]:

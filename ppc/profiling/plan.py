@@ -15,8 +15,8 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from ppc.actions import ComputeOrder
 from ppc.errors import CostError, PpcError
+from ppc.ir.order import ComputeOrder
 from ppc.profiling import zb_policy
 from ppc.profiling.cost_profile import CostProfile, StageCosts
 from ppc.profiling.memory import peak_activation_bytes, weight_bytes

@@ -168,8 +168,8 @@ def measure_split(split, request: ProfileRequest, device) -> list[StageTimes]:
     """Per stage, times and bytes; stage s is fed the real outputs of stage s - 1."""
     import torch
 
-    from ppc.compiler.stage_graph import INPUT
     from ppc.frontend import materialize_stage
+    from ppc.ir.stage_graph import INPUT
 
     values = {v.name: v for v in split.graph.values}
     env = _batch(split, request, device)

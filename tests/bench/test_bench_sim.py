@@ -16,11 +16,11 @@ R, M, V = 32, 256, 4
 
 def ppc_pipeline():
     from ppc.sim.timeline import simulate
-    from ppc.sim.validate import check
 
     from ppc.compiler.lower import lower
     from ppc.costs import CostModel
     from ppc.lang import load_schedule
+    from ppc.verify.program import check
 
     gc.disable()
     try:

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from ppc.compiler import opcodes as opc
-from ppc.compiler.checks import ComputeIndex, check_local_routes, index_compute
-from ppc.compiler.instructions import Instruction, Op, Program
-from ppc.compiler.opcodes import CODE, codes
-from ppc.compiler.routes import Route, plan_routes
-from ppc.compiler.stage_graph import StageGraph, synthetic_chain
 from ppc.errors import ValidationError
+from ppc.ir import ops
+from ppc.ir.ops import Category, OpKind
+from ppc.ir.program import Instruction, Program, codes
+from ppc.ir.routes import Route, plan_routes
+from ppc.ir.stage_graph import StageGraph, synthetic_chain
+from ppc.verify.order import ComputeIndex, check_local_routes, index_compute
 
 FORWARD, BACKWARD = 0, 1
 
@@ -30,14 +30,14 @@ class ProgramGraph:
     """offset[r] = global id of rank r's first instruction."""
     instrs: list[Instruction]
     code: list[int]
-    """code[g] = opcode (ppc.compiler.opcodes) of instruction g."""
+    """code[g] = op-table code of instruction g."""
     rank_of: list[int]
     partner: list[int]
     """partner[g] = the matching send/receive of a transfer, else -1."""
     sends: dict[int, int]
     """Send instruction by transfer key (see `key_of`)."""
     groups: dict[str, list[int]]
-    """REDUCE_TIED instructions by tensor name: one collective each."""
+    """Collective instructions by op and tensor name: one collective each."""
     compute: ComputeIndex
     """Compute ops; compute_gid[c] is the instruction id of compute op c."""
     compute_gid: list[int]
@@ -57,15 +57,22 @@ class ProgramGraph:
 
 
 def transfer_key(instr: Instruction, rank: int) -> tuple[int, int, int, int, int]:
-    """(direction, producer stage, mb, sending rank, receiving rank) of a SEND/RECV."""
+    """(direction, route producer stage, mb, sending rank, receiving rank) of a transfer.
+
+    The route's producer is the stage whose activations travel: the sender's stage for
+    activations, the receiver's stage for the gradients that come back to it.
+    """
     op = instr.op
-    if op is Op.SEND_F:
-        return (FORWARD, instr.stage, instr.mb, rank, instr.peer)
-    if op is Op.RECV_F:
-        return (FORWARD, instr.peer_stage, instr.mb, instr.peer, rank)
-    if op is Op.SEND_B:
-        return (BACKWARD, instr.peer_stage, instr.mb, rank, instr.peer)
-    return (BACKWARD, instr.stage, instr.mb, instr.peer, rank)
+    backward = op.carries == "gradients"
+    src, dst = (rank, instr.peer) if op.is_send else (instr.peer, rank)
+    own_is_producer = op.is_send != backward
+    stage = instr.stage if own_is_producer else instr.peer_stage
+    return (BACKWARD if backward else FORWARD, stage, instr.mb, src, dst)
+
+
+def collective_name(instr: Instruction) -> str:
+    """The collective an instruction joins: its op and first tensor (or stage)."""
+    return f"{instr.op.name}:{instr.tensors[0].name if instr.tensors else instr.stage}"
 
 
 def describe_key(key) -> str:
@@ -87,8 +94,8 @@ def build(program: Program, graph: StageGraph | None = None) -> ProgramGraph:
         rank_of.extend([rank] * len(row))
     try:
         code = codes(instrs)
-    except (KeyError, AttributeError):
-        bad = next(g for g, i in enumerate(instrs) if getattr(i.op, "_value_", None) not in CODE)
+    except AttributeError:
+        bad = next(g for g, i in enumerate(instrs) if not isinstance(i.op, OpKind))
         raise ValidationError(f"rank {rank_of[bad]}: unknown instruction {instrs[bad].op!r}") from None
     _check_steps(program, code)
     compute, compute_gid, positions = _index_compute(program, instrs, code, offset)
@@ -100,19 +107,19 @@ def build(program: Program, graph: StageGraph | None = None) -> ProgramGraph:
     _match(pg)
     pg.routes = _routes(program, graph, instrs, code, rank_of)
     check_local_routes(compute, pg.routes, positions=positions)
+    collective = ops.Codes.get().is_collective
     for g, c in enumerate(code):
-        if c == opc.REDUCE_TIED:
-            instr = instrs[g]
-            name = instr.tensors[0].name if instr.tensors else str(instr.stage)
-            pg.groups.setdefault(name, []).append(g)
+        if collective[c]:
+            pg.groups.setdefault(collective_name(instrs[g]), []).append(g)
     return pg
 
 
 def _check_steps(program: Program, code: list[int]) -> None:
     for rank, row in enumerate(program.instructions):
-        if not row or row[-1].op is not Op.STEP:
+        if not row or row[-1].op.category is not Category.STEP:
             raise ValidationError(f"rank {rank}: STEP must be the last instruction")
-    if code.count(opc.STEP) != program.ranks:
+    is_step = ops.Codes.get().is_step
+    if sum(is_step[c] for c in code) != program.ranks:
         raise ValidationError("STEP must appear once per rank")
 
 
@@ -131,12 +138,13 @@ def _check_comm(program: Program, instr: Instruction, rank: int) -> None:
 
 def _index_compute(program: Program, instrs, code, offset):
     rows, positions, compute_gid = [], [], []
+    is_compute = ops.Codes.get().is_compute
     for rank, row in enumerate(program.instructions):
         rrow, rpos = [], []
         base = offset[rank]
         for i, instr in enumerate(row):
-            if code[base + i] <= opc.W:
-                rrow.append((instr.op._value_, instr.stage, instr.mb))
+            if is_compute[code[base + i]]:
+                rrow.append((instr.op, instr.stage, instr.mb))
                 rpos.append(i)
                 compute_gid.append(base + i)
         rows.append(rrow)
@@ -153,8 +161,10 @@ def _match(pg: ProgramGraph) -> None:
     instrs, code, rank_of, partner, sends = pg.instrs, pg.code, pg.rank_of, pg.partner, pg.sends
     recvs: dict[int, int] = {}
     R, S, M, placement = program.ranks, program.stages, program.microbatches, program.placement
+    codes_ = ops.Codes.get()
+    is_comm, is_send, backward = codes_.is_comm, codes_.is_send, codes_.backward_comm
     for g, c in enumerate(code):
-        if c < opc.SEND_F or c > opc.RECV_B:
+        if not is_comm[c]:
             continue
         instr = instrs[g]
         rank, peer, stage, ps, mb = rank_of[g], instr.peer, instr.stage, instr.peer_stage, instr.mb
@@ -163,14 +173,11 @@ def _match(pg: ProgramGraph) -> None:
             or peer == rank or placement[ps] != peer or placement[stage] != rank or not 0 <= mb < M
         ):
             _check_comm(program, instr, rank)
-        if c == opc.SEND_F:
-            key, table = ((stage * M + mb) * R + rank) * R + peer, sends
-        elif c == opc.RECV_F:
-            key, table = ((ps * M + mb) * R + peer) * R + rank, recvs
-        elif c == opc.SEND_B:
-            key, table = (((S + ps) * M + mb) * R + rank) * R + peer, sends
-        else:
-            key, table = (((S + stage) * M + mb) * R + peer) * R + rank, recvs
+        send, back = is_send[c], backward[c]
+        producer = stage if send != back else ps
+        src, dst = (rank, peer) if send else (peer, rank)
+        key = ((((S if back else 0) + producer) * M + mb) * R + src) * R + dst
+        table = sends if send else recvs
         if key in table:
             raise ValidationError(
                 f"duplicate transfer of {describe_key(transfer_key(instr, rank))}: "
@@ -183,7 +190,7 @@ def _match(pg: ProgramGraph) -> None:
             what = describe_key(transfer_key(instrs[s], rank_of[s]))
             raise ValidationError(f"unmatched send {pg.where(s)}: nobody receives the {what}")
         a, b = instrs[s], instrs[r]
-        same = a.peer_stage == b.stage if code[s] == opc.SEND_F else a.stage == b.peer_stage
+        same = a.peer_stage == b.stage and a.stage == b.peer_stage and a.op.carries == b.op.carries
         if not same or (a.tensors is not b.tensors and a.tensors != b.tensors):
             raise ValidationError(f"{pg.where(s)} and {pg.where(r)} disagree on stages or tensor specs")
         partner[s] = r
@@ -200,15 +207,16 @@ def _routes(program, graph, instrs, code, rank_of) -> tuple[Route, ...]:
         return plan_routes(graph, program.placement)
     routes = {(r.producer, r.rank): r for r in plan_routes(synthetic_chain(program.stages), program.placement)}
     extra = {}
+    recv_f, send_b = ops.get("RECV_F").code, ops.get("SEND_B").code
     for g, c in enumerate(code):
-        if c == opc.RECV_F:
+        if c == recv_f:
             instr = instrs[g]
             if (instr.peer_stage, rank_of[g]) not in routes:
                 extra.setdefault((instr.peer_stage, rank_of[g]), instr)
     if not extra:
         return tuple(routes[k] for k in sorted(routes))
     grads = {
-        (instrs[g].peer_stage, rank_of[g], instrs[g].stage) for g, c in enumerate(code) if c == opc.SEND_B
+        (instrs[g].peer_stage, rank_of[g], instrs[g].stage) for g, c in enumerate(code) if c == send_b
     }
     for (p, q), instr in extra.items():
         c = instr.stage
@@ -227,9 +235,8 @@ def to_networkx(pg: ProgramGraph) -> nx.DiGraph:
     )
     ends = pg.offset[1:] + [len(pg.instrs)]
     graph.add_edges_from((g, g + 1) for r, first in enumerate(pg.offset) for g in range(first, ends[r] - 1))
-    graph.add_edges_from(
-        (g, p) for g, p in enumerate(pg.partner) if p >= 0 and pg.code[g] in (opc.SEND_F, opc.SEND_B)
-    )
+    is_send = ops.Codes.get().is_send
+    graph.add_edges_from((g, p) for g, p in enumerate(pg.partner) if p >= 0 and is_send[pg.code[g]])
     graph.add_edges_from(_data_edges(pg))
     return graph
 
@@ -239,15 +246,15 @@ def _data_edges(pg: ProgramGraph):
     for route in pg.routes:
         p = route.producer
         for mb in range(idx.microbatches):
-            fp = cg[idx.find("F", p, mb)]
+            fp = cg[idx.forward(p, mb)]
             for c in route.consumers:
-                yield fp, cg[idx.find("F", c, mb)]
+                yield fp, cg[idx.forward(c, mb)]
             for c in route.grad_consumers:
                 yield cg[idx.backward(c, mb)], cg[idx.backward(p, mb)]
     for stage in range(idx.stages):
         for mb in range(idx.microbatches):
-            f, b = idx.find("F", stage, mb), idx.backward(stage, mb)
-            yield cg[f], cg[b]
-            w = idx.find("W", stage, mb)
-            if w >= 0:
+            f, b, w = idx.forward(stage, mb), idx.backward(stage, mb), idx.last_backward(stage, mb)
+            if f != b:
+                yield cg[f], cg[b]
+            if w != b:
                 yield cg[b], cg[w]

@@ -1,31 +1,31 @@
 """Compute actions and compute orders: the output of schedule expansion.
 
 An action prints in torch.distributed.pipelining's syntax (`2F0` is stage 2, forward,
-microbatch 0) and parses back, so compute orders move between ppc and torch.
+microbatch 0) and parses back, so compute orders move between ppc and torch. Its kind
+is a compute row of the op table (ppc.ir.ops).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from enum import Enum
+from functools import lru_cache
 
 from ppc.errors import ScheduleError, SourcePos
+from ppc.ir import ops
+from ppc.ir.ops import Op, OpKind
+
+Kind = Op
+"""Compute kinds are op-table rows: `Kind.F` is `Op.F`."""
 
 
-class Kind(str, Enum):
-    """The four compute kinds; B = I + W."""
-
-    F = "F"  # forward
-    B = "B"  # full backward (inputs and weights)
-    I = "I"
-    W = "W"  # backward for weights only; needs the I of the same (stage, microbatch)
-
-    def __str__(self) -> str:
-        return self.value
+@lru_cache(maxsize=1)
+def _action_re() -> re.Pattern:
+    names = sorted((k.name for k in ops.compute_kinds()), key=len, reverse=True)
+    return re.compile(r"^\s*(\d+)\s*(" + "|".join(map(re.escape, names)) + r")\s*(\d+)\s*$")
 
 
-_ACTION_RE = re.compile(r"^\s*(\d+)\s*([FBIW])\s*(\d+)\s*$")
+ops.on_change(_action_re.cache_clear)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -33,23 +33,24 @@ class Action:
     """One compute op: `kind` of `stage` on microbatch `mb`."""
 
     stage: int
-    kind: Kind
+    kind: OpKind
     mb: int
 
     def __str__(self) -> str:
-        return f"{self.stage}{self.kind.value}{self.mb}"
+        return f"{self.stage}{self.kind.name}{self.mb}"
 
     @classmethod
     def parse(cls, text: str) -> Action:
         """Parse `2F0`-style text; raises ScheduleError on anything else."""
-        match = _ACTION_RE.match(text)
+        match = _action_re().match(text)
         if match is None:
+            kinds = ", ".join(k.name for k in ops.compute_kinds())
             raise ScheduleError(
                 f"unknown action {text.strip()!r}: expected STAGE KIND MICROBATCH like '2F0' "
-                "with KIND one of F, B, I, W"
+                f"with KIND one of {kinds}"
             )
         stage, kind, mb = match.groups()
-        return cls(stage=int(stage), kind=Kind(kind), mb=int(mb))
+        return cls(stage=int(stage), kind=ops.get(kind), mb=int(mb))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,8 +81,9 @@ class ComputeOrder:
 
     @property
     def split_backward(self) -> bool:
-        """Whether the backward is split into I and W."""
-        return any(a.kind in (Kind.I, Kind.W) for row in self.compute for a in row)
+        """Whether the backward is split (some op makes input gradients alone)."""
+        return any("weight_grad" not in a.kind.phases and "input_grad" in a.kind.phases
+                   for row in self.compute for a in row)
 
     def origin(self, rank: int, index: int) -> SourcePos | None:
         if rank < len(self.origins) and index < len(self.origins[rank]):

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ppc.compiler.instructions import TensorSpec
-from ppc.compiler.stage_graph import INPUT, StageGraph
+from ppc.ir.program import TensorSpec
+from ppc.ir.stage_graph import INPUT, StageGraph
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,4 +1,4 @@
-"""The compiler's view of a split model: stages and the values that cross them.
+"""The IR's view of a split model: stages and the values that cross them.
 
 torch-free on purpose: the frontend fills it from an FX split graph; without a model
 `synthetic_chain` stands in, so compile and simulate run with no torch import.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ppc.compiler.instructions import TensorSpec
+from ppc.ir.program import TensorSpec
 
 INPUT = -1
 """Producer id of a value that every rank loads itself from the batch (input_ids, labels)."""
@@ -53,6 +53,40 @@ class StageGraph:
 
     def outputs_of(self, stage: int) -> tuple[StageValue, ...]:
         return tuple(v for v in self.values if v.producer == stage)
+
+    def to_json(self) -> dict:
+        def spec(s: TensorSpec | None):
+            return None if s is None else s.to_json()
+
+        return {
+            "num_stages": self.num_stages,
+            "values": [
+                {"name": v.name, "producer": v.producer, "consumers": list(v.consumers),
+                 "spec": spec(v.spec), "requires_grad": v.requires_grad, "recompute": v.recompute}
+                for v in self.values
+            ],
+            "tied": [{"name": t.name, "stages": list(t.stages), "spec": spec(t.spec)} for t in self.tied],
+            "activation_bytes": list(self.activation_bytes),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> StageGraph:
+        def spec(d):
+            return None if d is None else TensorSpec.from_json(d)
+
+        return cls(
+            num_stages=int(data["num_stages"]),
+            values=tuple(
+                StageValue(name=v["name"], producer=int(v["producer"]),
+                           consumers=tuple(int(c) for c in v["consumers"]), spec=spec(v.get("spec")),
+                           requires_grad=bool(v.get("requires_grad", True)),
+                           recompute=bool(v.get("recompute", False)))
+                for v in data["values"]
+            ),
+            tied=tuple(TiedWeight(name=t["name"], stages=tuple(int(s) for s in t["stages"]),
+                                  spec=spec(t.get("spec"))) for t in data.get("tied", ())),
+            activation_bytes=tuple(int(b) for b in data.get("activation_bytes", ())),
+        )
 
 
 def synthetic_chain(num_stages: int) -> StageGraph:

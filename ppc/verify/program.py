@@ -11,13 +11,13 @@ point-to-point semantics, reported as the cycle of waits (DeadlockError).
 from __future__ import annotations
 
 import networkx as nx
-from ppc.sim.graph import BACKWARD, FORWARD, ProgramGraph, build, describe_key
 
-from ppc.compiler import opcodes as opc
-from ppc.compiler.instructions import Op, Program
-from ppc.compiler.predict import first_forward_of, last_backward_of
-from ppc.compiler.stage_graph import StageGraph
 from ppc.errors import DeadlockError, ValidationError
+from ppc.ir import ops
+from ppc.ir.program import Program
+from ppc.ir.stage_graph import StageGraph
+from ppc.verify.graph import BACKWARD, FORWARD, ProgramGraph, build, collective_name, describe_key
+from ppc.verify.order import first_forward_of, last_backward_of
 
 __all__ = ["check", "validate"]
 
@@ -45,7 +45,7 @@ def _check_transfers(pg: ProgramGraph) -> None:
             continue
         p, q = route.producer, route.rank
         r = p_.placement[p]
-        producers = [cg[g] for g in idx.column("F", p)]
+        producers = [cg[g] for g in idx.forward_column(p)]
         readers = [cg[g] for g in first_forward_of(idx, route.consumers)]
         for mb in range(M):
             key = ((p * M + mb) * R + r) * R + q
@@ -84,6 +84,8 @@ def _explain(pg: ProgramGraph, key, producer: int, consumer: int) -> None:
 def _check_deadlock(pg: ProgramGraph) -> None:
     """Run the programs with rendezvous transfers and collectives; report a stall."""
     code, partner, rank_of = pg.code, pg.partner, pg.rank_of
+    codes = ops.Codes.get()
+    is_comm, is_collective = codes.is_comm, codes.is_collective
     ranks = pg.program.ranks
     n = len(code)
     ptr = list(pg.offset)
@@ -95,14 +97,14 @@ def _check_deadlock(pg: ProgramGraph) -> None:
         g, lim = ptr[r], limit[r]
         while g < lim:
             c = code[g]
-            if opc.SEND_F <= c <= opc.RECV_B:
+            if is_comm[c]:
                 h = partner[g]
                 other = rank_of[h]
                 if ptr[other] != h:
                     break
                 ptr[other] = h + 1
                 stack.append(other)
-            elif c == opc.REDUCE_TIED:
+            elif is_collective[c]:
                 members = group_of[g]
                 if any(ptr[rank_of[m]] != m for m in members if m != g):
                     break
@@ -123,8 +125,8 @@ def _describe(pg: ProgramGraph, ptr: list[int], stuck: list[int]) -> str:
     for r in stuck:
         g = ptr[r]
         instr = pg.instrs[g]
-        if instr.op is Op.REDUCE_TIED:
-            members = pg.groups[instr.tensors[0].name if instr.tensors else str(instr.stage)]
+        if instr.op.category is ops.Category.COLLECTIVE:
+            members = pg.groups[collective_name(instr)]
             late = next(m for m in members if ptr[pg.rank_of[m]] != m)
             other = pg.rank_of[late]
             reason[r] = f"rank {r} waits at {instr} for rank {other}"
@@ -141,19 +143,17 @@ def _describe(pg: ProgramGraph, ptr: list[int], stuck: list[int]) -> str:
 def _waiting_op(pg: ProgramGraph, g: int) -> str:
     """The compute op a stalled receive feeds, else the stalled instruction itself."""
     instr, idx = pg.instrs[g], pg.compute
-    if instr.op is Op.RECV_F:
-        return idx.name(idx.find("F", instr.stage, instr.mb))
-    if instr.op is Op.RECV_B:
-        return idx.name(idx.backward(instr.stage, instr.mb))
+    if instr.op.is_recv:
+        find = idx.forward if instr.op.carries == "activations" else idx.backward
+        return idx.name(find(instr.stage, instr.mb))
     return str(instr)
 
 
 def _peer_op(pg: ProgramGraph, g: int) -> str:
     """What the stalled instruction waits for on the peer, in schedule terms."""
     instr, idx = pg.instrs[g], pg.compute
-    if instr.op is Op.RECV_F:
-        return idx.name(idx.find("F", instr.peer_stage, instr.mb))
-    if instr.op is Op.RECV_B:
-        return idx.name(idx.backward(instr.peer_stage, instr.mb))
+    if instr.op.is_recv:
+        find = idx.forward if instr.op.carries == "activations" else idx.backward
+        return idx.name(find(instr.peer_stage, instr.mb))
     h = pg.partner[g]
     return f"rank {pg.rank_of[h]} to reach {pg.instrs[h]}"
