@@ -21,7 +21,7 @@ FORMATS = (".svg", ".png", ".html")
 
 def draw(timelines: Sequence[Timeline], path: str | Path, *, title: str | None = None, measured=None) -> None:
     """Draw the timelines (top to bottom, same time axis) to `path` (.svg, .png, .html);
-    `measured` (a ppc.profiling.compare_trace.Comparison) adds the measured step below."""
+    `measured` (a ppc.plan.compare_trace.Comparison) adds the measured step below."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -9,9 +9,9 @@ import pytest
 from ppc.cli import main
 from ppc.compiler import compile_program
 from ppc.lang import load_schedule
-from ppc.profiling.cost_profile import CostProfile
-from ppc.profiling.log_costs import derive_costs, read_log
-from ppc.profiling.plan import AUTO_ZB, PlanRequest, baseline, calibrate_scale, search
+from ppc.plan.cost_profile import CostProfile
+from ppc.plan.log_costs import derive_costs, read_log
+from ppc.plan.planner import AUTO_ZB, PlanRequest, baseline, calibrate_scale, search
 
 LOG = Path(__file__).parent / "data" / "opt_prime_llama1b_pp8_a40.log"
 GIB = 2**30

@@ -11,10 +11,10 @@ from ppc.errors import CostError, ScheduleError
 from ppc.ir.order import Action, ComputeOrder, Kind
 from ppc.lang.expand import expand
 from ppc.lang.parser import parse
-from ppc.profiling import zb_policy
-from ppc.profiling.cost_profile import CostProfile
-from ppc.profiling.memory import peak_activation_bytes
-from ppc.profiling.split import balanced_split, stage_sums
+from ppc.plan import zb_policy
+from ppc.plan.cost_profile import CostProfile
+from ppc.plan.memory import peak_activation_bytes
+from ppc.plan.split import balanced_split, stage_sums
 
 
 def _brute_force(weights, stages):

@@ -11,7 +11,7 @@ from ppc.compiler import compile_program
 from ppc.costs import CostModel
 from ppc.errors import CostError
 from ppc.lang import load_schedule
-from ppc.profiling.compare_trace import compare, load_trace
+from ppc.plan.compare_trace import compare, load_trace
 
 
 def _timeline():

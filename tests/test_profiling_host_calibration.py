@@ -15,8 +15,8 @@ from ppc.costs import CostModel
 from ppc.errors import CostError
 from ppc.host import threads_per_rank
 from ppc.lang import load_schedule
-from ppc.profiling.cost_profile import CostProfile
-from ppc.profiling.host_calibration import calibration_schedule, costs_from_trace, fit_cores
+from ppc.plan.cost_profile import CostProfile
+from ppc.measure.host_calibration import calibration_schedule, costs_from_trace, fit_cores
 
 
 def slice_(name, rank, step, cpu_ms, dur_ms=10.0):
@@ -106,7 +106,7 @@ def test_profile_ranks_calibrates_on_this_host(tmp_path):
 
 
 def test_profile_ranks_needs_stages_a_multiple_of_ranks():
-    from ppc.profiling.profile import ProfileRequest
+    from ppc.measure.profile import ProfileRequest
 
     with pytest.raises(CostError, match=r"--ranks 3 needs the stages \(4\) to be a multiple"):
         ProfileRequest(model="tiny-llama", stages=4, ranks=3)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ppc.errors import CostError
-from ppc.profiling.log_costs import (
+from ppc.plan.log_costs import (
     LlamaShape,
     derive_costs,
     layer_costs,

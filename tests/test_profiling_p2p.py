@@ -11,7 +11,7 @@ import torch
 from ppc.cli import main
 from ppc.costs import CostModel
 from ppc.errors import CostError
-from ppc.profiling.p2p import measure_p2p
+from ppc.measure.p2p import measure_p2p
 
 
 def test_profile_with_p2p_writes_comm(tmp_path, capsys):

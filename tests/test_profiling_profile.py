@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ppc.costs import CostModel
-from ppc.profiling.cost_profile import CostProfile
+from ppc.plan.cost_profile import CostProfile
 
 frontend = pytest.importorskip("ppc.frontend")
 if not hasattr(frontend, "build_split"):

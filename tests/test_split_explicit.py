@@ -172,7 +172,7 @@ def _plan(capsys, tmp_path, ranks: int) -> str:
 
 
 def test_plan_emits_blocks_per_stage_for_ppc_run(capsys, tmp_path):
-    from ppc.profiling.cost_profile import CostProfile
+    from ppc.plan.cost_profile import CostProfile
 
     out = _plan(capsys, tmp_path, 4)
     planned = re.search(r"winner: 1f1b V=1 M=32x1 split=([\d/]+)", out).group(1)
@@ -199,6 +199,6 @@ def test_plan_gives_the_head_alone_as_a_last_stage_without_blocks(capsys, tmp_pa
     ((2, 2), ("stage0", "stage1", "stage2", "stage3"), None),
 ])
 def test_block_split_maps_plan_units_to_blocks(split_units, units, blocks):
-    from ppc.profiling.report import block_split
+    from ppc.plan.report import block_split
 
     assert block_split(split_units, units) == blocks

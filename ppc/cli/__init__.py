@@ -13,6 +13,7 @@ import sys
 
 from ppc import __version__
 from ppc.errors import PpcError
+from ppc.ir.ops import load_plugins
 
 COMMANDS: tuple[str, ...] = (
     # subcommand name -> module ppc.cli.cmd_<name>
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
+        load_plugins()
         code = args.handler(args)
     except PpcError as error:
         print(f"ppc: {error}" if error.pos is None else str(error), file=sys.stderr)

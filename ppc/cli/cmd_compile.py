@@ -1,7 +1,8 @@
 """`ppc compile`: expand a schedule to per-rank compute orders (text, JSON or torch CSV).
 
-With --model the orders are lowered against the model's split: the JSON then also holds
-each rank's instructions (compute, P2P with tensor specs, REDUCE_TIED, STEP).
+With --model the orders are lowered against the model's split (else a chain of stages):
+the JSON also holds the whole program (each rank's instructions, transfers with tensor
+specs) and its stage graph, which `ppc simulate FILE.json` reads back.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import sys
 from ppc.cli.model_options import add_model_arguments, build_model_split
 from ppc.compiler import compile_program
 from ppc.errors import ScheduleError
+from ppc.ir.program import format_program
+from ppc.ir.stage_graph import synthetic_chain
 from ppc.lang import load_schedule
 from ppc.lang.csv_format import write_csv
 from ppc.lang.listing import format_listing, to_json_record
@@ -69,26 +72,14 @@ def run(args: argparse.Namespace) -> int:
             record["model"] = args.model
             record["instructions"] = [[i.to_json() for i in row] for row in program.instructions]
             record["notes"] = list(program.notes)
+        # the whole program and its stage graph: `ppc simulate FILE.json` reads them back
+        record["program"] = program.to_json()
+        record["graph"] = (graph or synthetic_chain(order.stages)).to_json()
         sys.stdout.write(json.dumps(record) + "\n")
     elif args.format == "csv":
         sys.stdout.write(write_csv(order))
     else:
         sys.stdout.write(format_listing(order))
         if graph is not None:
-            sys.stdout.write(format_instructions(program))
+            sys.stdout.write(format_program(program))
     return 0
-
-
-def format_instructions(program) -> str:
-    """Each rank's instructions, communication with its peer and payload size."""
-    lines = [f"note: {note}" for note in program.notes]
-    for rank, row in enumerate(program.instructions):
-        cells = []
-        for ins in row:
-            if ins.op.is_comm:
-                arrow = "->" if ins.op.is_send else "<-"
-                cells.append(f"{ins}{arrow}r{ins.peer}({ins.bytes / 2**10:.0f}KiB)")
-            else:
-                cells.append(str(ins))
-        lines.append(f"rank {rank} instructions: " + " ".join(cells))
-    return "\n".join(lines) + "\n"

@@ -44,13 +44,13 @@ def _ints(text: str | None) -> tuple[int, ...]:
 
 def _profile(args):
     from ppc.errors import CostError
-    from ppc.profiling.cost_profile import CostProfile
+    from ppc.plan.cost_profile import CostProfile
 
     if args.costs:
         return CostProfile.load(args.costs)
     if not args.model:
         raise CostError("ppc plan needs --costs FILE.json or --model MODEL to profile")
-    from ppc.profiling.profile import ProfileRequest, profile_model
+    from ppc.measure.profile import ProfileRequest, profile_model
 
     return profile_model(ProfileRequest(model=args.model, stages=None, seq_len=args.seq_len, microbatch_size=1,
                                         device="cpu"))
@@ -60,8 +60,8 @@ def run(args) -> int:
     from rich.table import Table
 
     from ppc.cli.console import make_console
-    from ppc.profiling.plan import PlanRequest, baseline, search
-    from ppc.profiling.report import run_command, schedule_text
+    from ppc.plan.planner import PlanRequest, baseline, search
+    from ppc.plan.report import run_command, schedule_text
 
     console = make_console()
     profile = _profile(args)

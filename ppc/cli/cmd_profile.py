@@ -40,7 +40,7 @@ def run(args) -> int:
     from rich.table import Table
 
     from ppc.cli.console import make_console
-    from ppc.profiling.profile import ProfileRequest, profile_model
+    from ppc.measure.profile import ProfileRequest, profile_model
 
     console = make_console()
     request = ProfileRequest(

@@ -22,7 +22,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "schedules",
         metavar="SCHEDULE",
         nargs="+",
-        help="built-in name, .ppc path or .csv path; NAME:V sets that schedule's V (for --compare)",
+        help="built-in name, .ppc path, .csv path or a compiled program .json (ppc compile "
+        "--format json); NAME:V sets that schedule's V (for --compare)",
     )
     parser.add_argument("-r", "--ranks", type=int, help="pipeline ranks R (a CSV gives its own)")
     parser.add_argument("-m", "--microbatches", type=int, help="microbatches M per step")
@@ -74,14 +75,14 @@ def per_model(costs, virtual: int):
 
 
 def simulate_schedule(spec: str, args: argparse.Namespace):
-    """Expand, lower (placing transfers with the same costs), validate and time one schedule."""
-    from ppc.compiler.lower import lower
+    """Expand one schedule and predict its step (ppc.plan.predict, as plan does)."""
     from ppc.costs import CostModel
     from ppc.lang import load_schedule
-    from ppc.sim.timeline import simulate
-    from ppc.verify.program import check
+    from ppc.plan.predict import costs_and_graph, simulate_order
 
     name, virtual = split_virtual(spec, args.virtual)
+    if name.endswith(".json"):
+        return _simulate_program_file(name, args)
     order = load_schedule(name).expand(
         ranks=args.ranks, microbatches=args.microbatches, virtual=virtual, placement=args.placement
     )
@@ -93,10 +94,21 @@ def simulate_schedule(spec: str, args: argparse.Namespace):
         if not costs.activation_bytes:
             costs = dataclasses.replace(costs, activation_bytes=tuple(graph.activation_bytes))
     else:
-        costs = CostModel.load(args.costs, order.stages)
+        costs, graph = costs_and_graph(args.costs, order.stages)
         if args.compare and order.virtual > 1 and not _is_file(args.costs):
             costs = per_model(costs, order.virtual)
-    program = lower(order, graph, costs=costs)
+    return simulate_order(order, costs, graph)
+
+
+def _simulate_program_file(path: str, args: argparse.Namespace):
+    """Time a compiled program as written (`ppc compile --format json`), validated first."""
+    from ppc.costs import CostModel, read_costs_json
+    from ppc.ir.program import program_file
+    from ppc.sim.timeline import simulate
+    from ppc.verify.program import check
+
+    program, graph = program_file(read_costs_json(path), path)
+    costs = CostModel.load(args.costs, program.stages)
     return simulate(program, costs, graph=graph, checked=check(program, graph))
 
 
@@ -161,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _against(timeline, trace: str):
     """Compare the timeline with the step of `trace` that `compare_trace` picks."""
-    from ppc.profiling.compare_trace import compare, load_trace
+    from ppc.plan.compare_trace import compare, load_trace
 
     events = load_trace(trace)
     ranks = {int(e.get("args", {}).get("rank", e.get("pid", 0))) for e in events}
@@ -193,7 +205,7 @@ def _against_json(comparison, trace: str, unit: str) -> dict:
 def _against_table(comparison, trace: str):
     from rich.table import Table
 
-    from ppc.profiling.compare_trace import render_rows
+    from ppc.plan.compare_trace import render_rows
 
     title = (
         f"predicted vs measured ({trace}): makespan {comparison.predicted_makespan:.4g} s "

@@ -149,6 +149,25 @@ def unregister(name: str) -> None:
     _changed()
 
 
+PLUGINS_ENV = "PPC_PLUGINS"
+
+
+def load_plugins() -> None:
+    """Import the modules named in $PPC_PLUGINS (comma-separated): each registers its op
+    kinds (and, for `ppc run`, their runtime handlers) when imported. Every `ppc`
+    process, the ranks of a run included, calls this first."""
+    import importlib
+    import os
+
+    from ppc.errors import PpcError
+
+    for name in filter(None, (n.strip() for n in os.environ.get(PLUGINS_ENV, "").split(","))):
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            raise PpcError(f"${PLUGINS_ENV}: cannot import {name!r}: {error}") from None
+
+
 def on_change(callback: Callable[[], None]) -> None:
     """Call `callback` whenever the table changes (caches derived from it reset)."""
     _listeners.append(callback)

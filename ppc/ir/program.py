@@ -15,7 +15,7 @@ from functools import lru_cache
 from ppc.ir import ops
 from ppc.ir.ops import Op, OpKind
 
-__all__ = ["Instruction", "Op", "Program", "TensorSpec", "make"]
+__all__ = ["Instruction", "Op", "Program", "TensorSpec", "format_program", "make", "program_file"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -161,6 +161,41 @@ def make(op: OpKind, stage: int, mb: int, peer: int | None = None, peer_stage: i
     return instr
 
 
+def format_program(program: Program) -> str:
+    """Each rank's instructions on one line: transfers with their peer and payload size."""
+    lines = [f"note: {note}" for note in program.notes]
+    for rank, row in enumerate(program.instructions):
+        cells = []
+        for ins in row:
+            if ins.op.is_comm:
+                arrow = "->" if ins.op.is_send else "<-"
+                cells.append(f"{ins}{arrow}r{ins.peer}({ins.bytes / 2**10:.0f}KiB)")
+            else:
+                cells.append(str(ins))
+        lines.append(f"rank {rank} instructions: " + " ".join(cells))
+    return "\n".join(lines) + "\n"
+
+
 def codes(instructions) -> list[int]:
     """The op-table code of each instruction."""
     return [i.op.code for i in instructions]
+
+
+def program_file(data: dict, source: str):
+    """(Program, StageGraph or None) from `ppc compile --format json` output; one
+    ValidationError line, naming `source`, when the file is not such a record."""
+    from ppc.errors import ValidationError
+    from ppc.ir.stage_graph import StageGraph
+
+    if not isinstance(data, dict) or not isinstance(data.get("program"), dict):
+        raise ValidationError(f"{source}: not a compiled program (write one with "
+                              "`ppc compile ... --format json`)")
+    try:
+        program = Program.from_json(data["program"])
+        graph = StageGraph.from_json(data["graph"]) if data.get("graph") else None
+    except KeyError as missing:
+        raise ValidationError(f"{source}: program record lacks {missing} (or names an op not "
+                              f"in the table: known {', '.join(k.name for k in ops.table())})") from None
+    except (TypeError, ValueError) as error:
+        raise ValidationError(f"{source}: malformed program record: {error}") from None
+    return program, graph

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ppc.lang import load_schedule
-from ppc.profiling.cost_profile import CostProfile
-from ppc.profiling.plan import PlanRequest, predict, search
+from ppc.plan.cost_profile import CostProfile
+from ppc.plan.planner import PlanRequest, predict, search
 
 COSTS = Path(__file__).parents[2] / "docs" / "costs" / "llama1b_pp8_a40_calibrated.json"
 

@@ -31,7 +31,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ppc.errors import CostError
-from ppc.profiling.compare_trace import COMPUTE_SLICE
+from ppc.plan.compare_trace import COMPUTE_SLICE
 
 log = logging.getLogger(__name__)
 
@@ -157,15 +157,12 @@ def _calibration_order(schedule: str, *, ranks: int, virtual: int, microbatches:
 
 def _predict(order, costs, profile) -> float:
     """Simulated step time of the calibration run (its transfers carry the profiled bytes)."""
-    from ppc.compiler import compile_program
-    from ppc.profiling.cost_profile import StageCosts
-    from ppc.sim.timeline import simulate
+    from ppc.plan.cost_profile import StageCosts
+    from ppc.plan.predict import simulate_order
 
     stage_costs = StageCosts(costs=costs, split=profile.split, params=profile.stage_params or (0,) * costs.stages,
                              output_bytes=profile.stage_output_bytes or (0,) * costs.stages)
-    graph = stage_costs.stage_graph()
-    program = compile_program(order, graph, costs=costs)
-    return float(simulate(program, costs, graph=graph).makespan)
+    return float(simulate_order(order, costs, stage_costs.stage_graph()).makespan)
 
 
 def costs_from_trace(events: list[dict], *, stages: int, placement: list[int], skip_steps: int) -> dict:

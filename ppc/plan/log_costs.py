@@ -254,7 +254,7 @@ def derive_costs(
     """A CostProfile (seconds) from a log: forward as logged times `scale`, B =
     `backward_factor` * F split evenly into I and W, per-layer costs for re-splitting."""
     from ppc.costs import CostModel
-    from ppc.profiling.cost_profile import CostProfile, LayerSpec
+    from ppc.plan.cost_profile import CostProfile, LayerSpec
 
     shape = shape or LlamaShape()
     b = run.microbatch_size

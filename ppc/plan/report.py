@@ -6,8 +6,8 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from ppc.profiling.log_costs import EMBED, HEAD
-from ppc.profiling.plan import Candidate
+from ppc.plan.log_costs import EMBED, HEAD
+from ppc.plan.planner import Candidate
 
 
 def schedule_text(candidate: Candidate) -> str:

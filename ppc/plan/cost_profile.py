@@ -195,16 +195,25 @@ class CostProfile:
             output_bytes=tuple(int(g[-1].output_bytes * ratio) for g in groups),
         )
 
-    def as_logged(self, *, microbatch_size: int | None = None) -> StageCosts:
-        """The per-stage costs exactly as the file gives them (its own split)."""
+    def own_split(self) -> StageCosts:
+        """The file's stages as given (costs unscaled, step included), with the bytes each
+        stage sends on (from `stage_output_bytes`, else its layers under its split)."""
         c = self.stage_costs
-        b = microbatch_size or self.microbatch_size
-        ratio = b / self.microbatch_size
         n = c.stages
         out = self.stage_output_bytes or (
             tuple(self.grouped(self.split).output_bytes) if self.split else (0,) * n
         )
         params = self.stage_params or (tuple(self.grouped(self.split).params) if self.split else (0,) * n)
+        return StageCosts(costs=c, split=self.split, params=tuple(params), output_bytes=tuple(out))
+
+    def as_logged(self, *, microbatch_size: int | None = None) -> StageCosts:
+        """The per-stage costs exactly as the file gives them (its own split), at
+        `microbatch_size`, without the optimizer step (as for regrouped stages)."""
+        own = self.own_split()
+        c = self.stage_costs
+        b = microbatch_size or self.microbatch_size
+        ratio = b / self.microbatch_size
+        out, params = own.output_bytes, own.params
         model = dataclasses.replace(
             c,  # keeps the transfer and host terms
             forward=tuple(self.scale(v, b) for v in c.forward),

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ppc.errors import CostError
-from ppc.profiling.cost_profile import CostProfile
+from ppc.plan.cost_profile import CostProfile
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class ProfileRequest:
     """"bf16" runs forwards under bf16 autocast (as `ppc run` does on GPU); default: bf16 on cuda."""
     ranks: int | None = None
     """CPU only: take op costs from a calibration run on `ranks` ranks of this host
-    (ppc/profiling/host_calibration.py)."""
+    (ppc/measure/host_calibration.py)."""
     p2p_bytes: int | None = None
     """Also measure point-to-point latency and bandwidth (with messages of this size)."""
 
@@ -82,7 +82,7 @@ def profile_model(request: ProfileRequest, *, progress: Callable[[str], object] 
 
     from ppc.costs import CostModel
     from ppc.frontend import build_split
-    from ppc.profiling.cost_profile import LayerSpec
+    from ppc.plan.cost_profile import LayerSpec
 
     device = torch.device(request.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -133,7 +133,7 @@ def profile_model(request: ProfileRequest, *, progress: Callable[[str], object] 
         },
     )
     if request.p2p_bytes:
-        from ppc.profiling.p2p import measure_p2p
+        from ppc.measure.p2p import measure_p2p
 
         progress("measuring point-to-point latency and bandwidth")
         p2p = measure_p2p(request.device, large_bytes=request.p2p_bytes)
@@ -141,7 +141,7 @@ def profile_model(request: ProfileRequest, *, progress: Callable[[str], object] 
         profile = dataclasses.replace(profile, stage_costs=costs, meta={**profile.meta, "p2p": p2p.describe()})
     if request.ranks is None:
         return profile
-    from ppc.profiling.host_calibration import calibrate_on_host
+    from ppc.measure.host_calibration import calibrate_on_host
 
     progress(f"calibration run on {request.ranks} ranks of this host")
     return calibrate_on_host(profile, request)

@@ -2,10 +2,10 @@
 measured costs, and rank the candidates by predicted step time.
 
 Every candidate is expanded by the language, compiled and simulated with the costs of
-its own split at its own microbatch size (scaling model: ppc/profiling/cost_profile.py),
+its own split at its own microbatch size (scaling model: ppc/plan/cost_profile.py),
 so a prediction here is exactly what `ppc simulate` prints for the same plan. Peak
 memory per rank is weights and optimizer state plus the activations the compute order
-keeps alive (ppc/profiling/memory.py). A candidate fits when every rank stays under the
+keeps alive (ppc/plan/memory.py). A candidate fits when every rank stays under the
 memory cap. torch is never imported.
 """
 
@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 from ppc.errors import CostError, PpcError
 from ppc.ir.order import ComputeOrder
-from ppc.profiling import zb_policy
-from ppc.profiling.cost_profile import CostProfile, StageCosts
-from ppc.profiling.memory import peak_activation_bytes, weight_bytes
-from ppc.profiling.split import balanced_split
+from ppc.plan import zb_policy
+from ppc.plan.cost_profile import CostProfile, StageCosts
+from ppc.plan.memory import peak_activation_bytes, weight_bytes
+from ppc.plan.split import balanced_split
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +78,9 @@ class PlanRequest:
 
 def predict(order: ComputeOrder, stage_costs: StageCosts) -> float:
     """Simulated step time of `order` with these stage costs (compile, validate, simulate)."""
-    from ppc.compiler import compile_program
-    from ppc.sim.timeline import simulate
+    from ppc.plan.predict import simulate_order
 
-    graph = stage_costs.stage_graph()
-    program = compile_program(order, graph, costs=stage_costs.costs)
-    return float(simulate(program, stage_costs.costs, graph=graph).makespan)
+    return float(simulate_order(order, stage_costs.costs, stage_costs.stage_graph()).makespan)
 
 
 def evaluate(
