@@ -116,9 +116,10 @@ def test_unregistered_op_is_a_positioned_parse_error(tmp_path: Path):
 
 
 def test_plugin_op_compiles_and_simulates_from_the_command_line(plugin, registered):
+    from ppc.sim.timeline import simulate
+
     from ppc.compiler import compile_program
     from ppc.lang import load_schedule
-    from ppc.sim.timeline import simulate
 
     tmp_path, env = plugin
     run = subprocess.run([sys.executable, "-m", "ppc", "simulate", str(tmp_path / "noted.ppc"),

@@ -15,8 +15,8 @@ from ppc.costs import CostModel
 from ppc.errors import CostError
 from ppc.host import threads_per_rank
 from ppc.lang import load_schedule
-from ppc.plan.cost_profile import CostProfile
 from ppc.measure.host_calibration import calibration_schedule, costs_from_trace, fit_cores
+from ppc.plan.cost_profile import CostProfile
 
 
 def slice_(name, rank, step, cpu_ms, dur_ms=10.0):

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ppc.sim.timeline import Timeline, simulate
-
 from ppc.compiler.lower import lower
 from ppc.costs import CostModel, read_costs_json
 from ppc.ir.order import ComputeOrder
 from ppc.ir.stage_graph import StageGraph
+from ppc.sim.timeline import Timeline, simulate
 from ppc.verify.program import check
 
 __all__ = ["costs_and_graph", "simulate_order"]
