@@ -54,7 +54,7 @@ def _bind_handlers(runtime: RankRuntime) -> dict:
     """{op kind: bound handler} for the ops this rank's program uses; an op without a
     handler stops the run before the first step, naming the rank and the instruction."""
     bound = {}
-    for ins in runtime.instructions:
+    for ins in [*runtime.instructions, *_flat(runtime.instructions)]:
         if ins.op not in bound:
             handler = HANDLERS.get(ins.op.name)
             if handler is None:
@@ -395,6 +395,16 @@ class RankRuntime:
         if self._on_reduce_tied is not None:
             self._on_reduce_tied(ins)
 
+    @handles("FB")
+    @handles("FI")
+    def _overlapped(self, ins: Instruction) -> None:
+        """A forward and a backward as one unit: here the two parts back to back (as torch
+        runs OVERLAP_F_B by default). Real overlap (the backward's communication hidden under
+        the forward's compute, DualPipe's chunk interleaving) plugs in by registering
+        another handler for FB / FI with `@handles`."""
+        for part in ins.parts:
+            self.handlers[part.op](part)
+
     @handles("STEP")
     def _step(self, ins: Instruction) -> None:
         self._wait_all()
@@ -410,7 +420,7 @@ class RankRuntime:
         live: Counter = Counter()
         peak: Counter = Counter()
         held: dict[tuple[int, int], list[tuple]] = {}
-        for ins in self.instructions:
+        for ins in _flat(self.instructions):
             if ins.op.is_recv:
                 for spec in ins.tensors:
                     key = (tuple(spec.shape), spec_dtype(spec))
@@ -429,7 +439,7 @@ class RankRuntime:
     def _count_uses(self) -> Counter:
         """Per (value, mb): local forwards that read it plus sends that carry it."""
         uses: Counter = Counter()
-        for ins in self.instructions:
+        for ins in _flat(self.instructions):
             if ins.op.reads == "activations":
                 for name in self.split.stages[ins.stage].inputs:
                     value = self.values.get(name)
@@ -450,6 +460,15 @@ def _freer(originals: list[torch.Tensor], sent: list[torch.Tensor]) -> list[Call
         sent.clear()
 
     return [free]
+
+
+def _flat(instructions):
+    """The instructions with each overlapped op replaced by its parts, in order."""
+    for ins in instructions:
+        if ins.parts:
+            yield from ins.parts
+        else:
+            yield ins
 
 
 def _groups(instructions: tuple[Instruction, ...]) -> list[tuple[int, int, bool]]:

@@ -11,7 +11,8 @@ JSON format (scalars apply to every stage; lists give one value per stage)::
               "post": 2e-4},                           # rank time to post one group of P2P ops
      "activation_bytes": [..], "weight_share": 0.5,
      "step": [..],                                     # optimizer step (clip + AdamW) per stage
-     "host": {"cores": 1.7, "threads": 1}}             # ranks share `cores` CPUs (CPU runs)
+     "host": {"cores": 1.7, "threads": 1},             # ranks share `cores` CPUs (CPU runs)
+     "overlap": 0.8}                                   # overlapped F&B ops: factor (or {"time": t})
 
 `host` matters for CPU runs where every rank is a process on one machine: when the ranks
 that are computing want more cores than there are, they share them and each op slows
@@ -29,7 +30,8 @@ from ppc.errors import CostError
 from ppc.ir import ops
 from ppc.ir.ops import OpKind
 
-_KEYS = {"F", "B", "I", "W", "latency", "bandwidth", "weight_share", "step", "post", "cores", "threads"}
+_KEYS = {"F", "B", "I", "W", "latency", "bandwidth", "weight_share", "step", "post", "cores", "threads",
+         "overlap", "overlap_time"}
 
 
 def read_costs_json(path: str | Path) -> dict:
@@ -69,6 +71,11 @@ class CostModel:
     ranks; None: every rank has its own device."""
     threads: int = 1
     """Cores one computing rank keeps busy (its intra-op threads), when `cores` is set."""
+    overlap: float = 1.0
+    """An overlapped op (a forward and a backward run as one unit, DualPipeV) takes this
+    factor times the sum of its parts (1: no gain unless measured)."""
+    overlap_time: float | None = None
+    """Or this fixed time per overlapped op, when given."""
 
     def __post_init__(self) -> None:
         n = len(self.forward)
@@ -88,6 +95,10 @@ class CostModel:
             raise CostError(f"costs: post must be finite and >= 0, got {self.post!r}")
         if self.cores is not None and not self.cores > 0 or self.threads < 1:
             raise CostError(f"costs: host needs cores > 0 and threads >= 1, got {self.cores!r}, {self.threads!r}")
+        if not (self.overlap > 0 and math.isfinite(self.overlap)) or (
+                self.overlap_time is not None and not (self.overlap_time >= 0 and math.isfinite(self.overlap_time))):
+            raise CostError(f"costs: overlap needs a factor > 0 or a time >= 0, got "
+                            f"{self.overlap!r}, {self.overlap_time!r}")
         if self.activation_bytes and len(self.activation_bytes) != n:
             raise CostError(f"costs: activation_bytes has {len(self.activation_bytes)} values for {n} stages")
 
@@ -106,6 +117,14 @@ class CostModel:
         if kind.cost is None:
             raise ValueError(f"not a compute kind: {kind.name!r}")
         return kind.cost(self, stage)
+
+    def overlapped(self, parts_time: float) -> float:
+        """Time of an overlapped op whose parts alone would take `parts_time`."""
+        return self.overlap_time if self.overlap_time is not None else self.overlap * parts_time
+
+    def overlapped_duration(self, kind: OpKind, parts) -> float:
+        """Time of an overlapped op of `kind` with these (kind, stage, mb) parts."""
+        return kind.cost(self, parts)
 
     def step(self, stages) -> float:
         """Time of the optimizer step of a rank that owns `stages`."""
@@ -168,6 +187,7 @@ class CostModel:
             post=float(comm.get("post", data.get("post", 0.0))),
             cores=None if cores is None else float(cores),
             threads=int(host.get("threads", data.get("threads", 1))),
+            **_overlap_terms(data.get("overlap"), data.get("overlap_time"), source),
         )
 
     @classmethod
@@ -212,4 +232,27 @@ class CostModel:
             out["comm"]["post"] = self.post
         if self.cores is not None:
             out["host"] = {"cores": self.cores, "threads": self.threads}
+        if self.overlap_time is not None:
+            out["overlap"] = {"time": self.overlap_time}
+        elif self.overlap != 1.0:
+            out["overlap"] = self.overlap
         return out
+
+
+def _overlap_terms(value, time, source: str) -> dict:
+    """`overlap`: a factor (0.8), or {"factor": 0.8} / {"time": 1.5}; `overlap_time` inline."""
+    terms: dict = {}
+    if isinstance(value, dict):
+        unknown = set(value) - {"factor", "time"}
+        if unknown:
+            raise CostError(f"{source}: overlap takes 'factor' or 'time', not {sorted(unknown)}")
+        value, time = value.get("factor"), value.get("time", time)
+    if value is not None:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise CostError(f"{source}: overlap needs a number (a factor), got {value!r}")
+        terms["overlap"] = float(value)
+    if time is not None:
+        if not isinstance(time, (int, float)) or isinstance(time, bool):
+            raise CostError(f"{source}: overlap time needs a number, got {time!r}")
+        terms["overlap_time"] = float(time)
+    return terms

@@ -32,14 +32,24 @@ def rank_memory(program: Program, costs: CostModel, *, codes: list[int] | None =
     code = codes if codes is not None else program_codes(i for row in program.instructions for i in row)
     rows, g = [], 0
     for row in program.instructions:
-        rows.append(zip(code[g:g + len(row)], (i.stage for i in row)))
+        rows.append(_units(zip(code[g:g + len(row)], row)))
         g += len(row)
     return tuple(_peak(row, costs) for row in rows)
 
 
+def _units(pairs):
+    """(code, stage) of each instruction, an overlapped op as its parts in order."""
+    for c, instr in pairs:
+        if instr.parts:
+            yield from ((p.op.code, p.stage) for p in instr.parts)
+        else:
+            yield c, instr.stage
+
+
 def order_memory(order: ComputeOrder, costs: CostModel) -> tuple[RankMemory, ...]:
     """Peak activations per rank of a compute order (communication changes no memory)."""
-    return tuple(_peak(((a.kind.code, a.stage) for a in row), costs) for row in order.compute)
+    return tuple(_peak(((p.kind.code, p.stage) for a in row for p in (a.parts or (a,))), costs)
+                 for row in order.compute)
 
 
 def _peak(row, costs: CostModel) -> RankMemory:

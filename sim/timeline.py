@@ -130,6 +130,7 @@ def _run(pg: ProgramGraph, costs: CostModel):
     is_compute, is_comm, is_send, is_recv = codes.is_compute, codes.is_comm, codes.is_send, codes.is_recv
     is_collective, is_step = codes.is_collective, codes.is_step
     dur = _durations(costs)
+    overlapped = _overlapped_durations(pg, costs)
     transfer = costs.transfer
     post_cost = costs.post
     step_cost = _step_costs(pg, costs)
@@ -157,7 +158,8 @@ def _run(pg: ProgramGraph, costs: CostModel):
             c = code[g]
             if is_compute[c]:
                 start[g] = t
-                d = dur[c][instrs[g].stage]
+                per_stage = dur[c]
+                d = per_stage[instrs[g].stage] if per_stage is not None else overlapped[g]
                 t += d
                 work += d
                 end[g] = t
@@ -233,9 +235,16 @@ def _run(pg: ProgramGraph, costs: CostModel):
 
 
 def _durations(costs: CostModel) -> list[list[float] | None]:
-    """dur[code][stage] for every compute kind in the op table (its cost rule)."""
-    return [[costs.duration(k, s) for s in range(costs.stages)] if k.is_compute else None
-            for k in ops.table()]
+    """dur[code][stage] for every ordinary compute kind in the op table (its cost rule)."""
+    return [[costs.duration(k, s) for s in range(costs.stages)] if k.is_compute and not k.parts
+            else None for k in ops.table()]
+
+
+def _overlapped_durations(pg: ProgramGraph, costs: CostModel) -> dict[int, float]:
+    """Time of each overlapped op (its cost rule over its parts), by instruction id."""
+    is_composite = ops.Codes.get().is_composite
+    return {g: costs.overlapped_duration(i.op, [(p.op, p.stage, p.mb) for p in i.parts])
+            for g, (c, i) in enumerate(zip(pg.code, pg.instrs)) if is_composite[c]}
 
 
 def _send_seconds(costs: CostModel):
@@ -274,6 +283,7 @@ class _SharedCores:
         n = len(pg.instrs)
         self.ranks = pg.program.ranks
         self.dur = _durations(costs)
+        self.overlapped = _overlapped_durations(pg, costs)
         self.codes = ops.Codes.get()
         self.step_cost = _step_costs(pg, costs)
         self.send_seconds = _send_seconds(costs)
@@ -352,7 +362,9 @@ class _SharedCores:
             if codes.is_compute[c]:
                 self.start[g] = now
                 self.ptr[r] = g
-                self._compute(r, self.dur[c][pg.instrs[g].stage], ends=True)
+                per_stage = self.dur[c]
+                seconds = per_stage[pg.instrs[g].stage] if per_stage is not None else self.overlapped[g]
+                self._compute(r, seconds, ends=True)
                 return
             if codes.is_comm[c]:
                 if not self.opened[g]:  # a new batch of transfers: pay for posting it first

@@ -21,7 +21,9 @@ def test_json_output_has_the_agreed_record() -> None:
     result = ppc("compile", "1f1b", "--ranks", "4", "--microbatches", "8", "--format", "json")
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
-    assert set(record) == {"schedule", "ranks", "stages", "microbatches", "placement", "compute"}
+    assert set(record) == {"schedule", "ranks", "stages", "microbatches", "placement", "compute",
+                           "program", "graph"}
+    assert [i["op"] for i in record["program"]["instructions"][3][:3]] == ["RECV_F", "F", "B"]
     assert (record["ranks"], record["stages"], record["microbatches"]) == (4, 4, 8)
     assert record["placement"] == [0, 1, 2, 3]
     assert record["compute"][3][:4] == ["3F0", "3B0", "3F1", "3B1"]
@@ -82,7 +84,7 @@ def test_constraint_unknown_name_and_param_errors() -> None:
     assert "1f1b has one stage per rank; use interleaved_1f1b for V > 1" in constraint.stderr
     unknown = ppc("compile", "nope", "-r", "2", "-m", "2")
     assert unknown.returncode == 2
-    assert "built-in schedules: 1f1b, gpipe, interleaved_1f1b, looped_bfs, zb_h1, zbv" in unknown.stderr
+    assert "built-in schedules: 1f1b, dualpipev, gpipe, interleaved_1f1b, looped_bfs, zb_h1, zbv" in unknown.stderr
     malformed = ppc("compile", "1f1b", "-r", "2", "-m", "2", "--param", "x")
     assert malformed.returncode == 2 and "expected NAME=INTEGER" in malformed.stderr
     missing = ppc("compile", "1f1b")

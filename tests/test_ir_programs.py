@@ -28,7 +28,7 @@ def ppc_cli(*args: str) -> subprocess.CompletedProcess:
 
 GOLDEN = Path(__file__).parent / "golden" / "programs"
 CASES = [("1f1b", 4, 8, 1), ("interleaved_1f1b", 2, 4, 2), ("zb_h1", 3, 4, 1), ("zbv", 2, 4, 2),
-         ("gpipe", 2, 3, 1)]
+         ("gpipe", 2, 3, 1), ("dualpipev", 2, 5, 2)]
 
 
 def _graph_with_skip_and_tied() -> StageGraph:

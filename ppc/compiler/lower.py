@@ -84,10 +84,12 @@ def _place(
     width = 2 * sum(len(r.consumers) + len(r.grad_consumers) for r in routes) * index.microbatches + 2
     keys: list[list[int]] = [[] for _ in range(ranks)]
     instrs: list[list[Instruction]] = [[] for _ in range(ranks)]
+    composite = index.parts
     for g, (kind, stage, mb) in enumerate(index.ops):
         r = index.rank_of[g]
         keys[r].append((2 * seq[g] + 1) * width)
-        instrs[r].append(make(kind, stage, mb))
+        parts = composite.get(g)
+        instrs[r].append(make(kind, stage, mb, parts=tuple(make(*p) for p in parts) if parts else ()))
     slots = _Slots(index, pred, seq)
     for tid, (x, send_rank, send, recv_rank, recv) in enumerate(_transfers(index, routes, costs, slots)):
         key = 2 * x * width + tid

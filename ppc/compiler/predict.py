@@ -59,9 +59,10 @@ def predict(index: ComputeIndex, ranks: int, deps: Deps, costs: CostModel) -> Pr
     n = len(index.ops)
     duration = {}
     for kind, stage, _ in index.ops:
-        if (kind, stage) not in duration:
+        if (kind, stage) not in duration and not kind.parts:
             duration[(kind, stage)] = costs.duration(kind, stage)
-    dur = [duration[(k, s)] for k, s, _ in index.ops]
+    dur = [duration[(k, s)] if not k.parts else costs.overlapped_duration(k, index.parts[g])
+           for g, (k, s, _) in enumerate(index.ops)]
     start = [0.0] * n
     end = [0.0] * n
     level = [0] * n

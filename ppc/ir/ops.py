@@ -68,8 +68,9 @@ class OpKind:
     """torch.distributed.pipelining's spelling, if torch has this action."""
     statement: bool = False
     """Whether schedules may write it (`F(s, m)`): the grammar's op token lists these."""
-    cost: Callable[[object, int], float] | None = None
-    """Compute cost rule: (CostModel, stage) -> time."""
+    cost: Callable[[object, object], float] | None = None
+    """Compute cost rule: (CostModel, stage) -> time; for an overlapped op
+    (CostModel, parts) -> time, its parts given as (kind, stage, mb)."""
     needs: tuple[str, ...] = ()
     """Phases of the same (stage, microbatch) that must have run before it on the rank."""
     phases: tuple[str, ...] = ()
@@ -79,6 +80,10 @@ class OpKind:
     """Cross-stage data it waits for: "activations" (from upstream F) or "gradients"."""
     makes: str | None = None
     """Cross-stage data it produces: "activations" or "gradients" (for upstream stages)."""
+    parts: tuple[tuple[str, ...], ...] = ()
+    """For an overlapped op: the kinds each part may be (("F",), ("B", "I"))): it runs a
+    forward of one (stage, mb) and a backward of another as one unit; its needs, phases,
+    reads, makes and memory are its parts'. Empty for an ordinary op."""
     carries: str | None = None
     """What a send or receive moves: "activations" (forward) or "gradients" (backward)."""
     memory: Memory = field(default_factory=Memory)
@@ -113,6 +118,10 @@ class OpKind:
         return self.category is Category.SEND or self.category is Category.RECV
 
     @property
+    def is_composite(self) -> bool:
+        return bool(self.parts)
+
+    @property
     def value(self) -> str:
         """The name (kept so code written against an Enum reads the same)."""
         return self.name
@@ -134,6 +143,8 @@ def register(kind: OpKind) -> OpKind:
         raise ValueError(f"op name {kind.name!r} must be an identifier")
     if kind.category is Category.COMPUTE and kind.cost is None:
         raise ValueError(f"compute op {kind.name!r} needs a cost rule")
+    if kind.parts and any(lookup(p) is None or lookup(p).parts for alts in kind.parts for p in alts):
+        raise ValueError(f"overlapped op {kind.name!r}: its parts must be ordinary ops in the table")
     registered = OpKind(**{f: getattr(kind, f) for f in _FIELDS if f != "code"}, code=len(_TABLE))
     _TABLE.append(registered)
     _BY_NAME[registered.name] = registered
@@ -241,6 +252,7 @@ class Codes:
         for i, k in enumerate(self.compute):
             self.slot[k.code] = i
         self.memory = [k.memory for k in kinds]
+        self.is_composite = bytes(bool(k.parts) for k in kinds)
         self.backward_comm = bytes(k.carries == "gradients" for k in kinds)
         """1 for transfers of gradients (their route runs from the receiver's stage)."""
 
@@ -270,6 +282,21 @@ def _backward_weight(costs, stage: int) -> float:
     return costs.backward_weight[stage]
 
 
+def _overlapped(costs, parts) -> float:
+    """An overlapped op's time: the costs' `overlap` rule applied to the sum of its
+    (kind, stage, mb) parts' times."""
+    return costs.overlapped(sum(kind.cost(costs, stage) for kind, stage, _ in parts))
+
+
+def composite_kind(kinds: tuple[str, ...], csv: str) -> OpKind | None:
+    """The overlapped op whose parts are these kinds, spelled `csv` in torch's CSV."""
+    for k in _TABLE:
+        if k.parts and k.csv == csv and len(k.parts) == len(kinds) and all(
+                name in alts for name, alts in zip(kinds, k.parts)):
+            return k
+    return None
+
+
 def _builtin() -> None:
     compute, send, recv = Category.COMPUTE, Category.SEND, Category.RECV
     rows = [
@@ -292,6 +319,14 @@ def _builtin() -> None:
                pairing="follows the I of the same (stage, mb) on this rank",
                category=compute, csv="W", statement=True, cost=_backward_weight, needs=("input_grad",),
                phases=("weight_grad",), memory=Memory(sets=-1, share=-1.0), colour="#5cb85c"),
+        OpKind(name="FB", doc="Forward of one (stage, mb) and full backward of another, as one unit.",
+               pairing="its parts pair as an F and a B would", category=compute,
+               csv="OVERLAP_F_B", statement=True, cost=_overlapped, parts=(("F",), ("B",)),
+               colour="#7a5cc9"),
+        OpKind(name="FI", doc="Forward of one (stage, mb) and input backward of another, as one unit.",
+               pairing="its parts pair as an F and an I would", category=compute,
+               csv="OVERLAP_F_B", statement=True, cost=_overlapped, parts=(("F",), ("I",)),
+               colour="#c97a5c"),
         OpKind(name="SEND_F", doc="Send activations of (stage, mb) to `peer`.",
                pairing="matched by exactly one RECV_F on the peer", category=send, csv="SEND_F",
                carries="activations"),

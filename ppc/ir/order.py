@@ -21,8 +21,11 @@ Kind = Op
 
 @lru_cache(maxsize=1)
 def _action_re() -> re.Pattern:
-    names = sorted((k.name for k in ops.compute_kinds()), key=len, reverse=True)
+    names = sorted((k.name for k in ops.compute_kinds() if not k.parts), key=len, reverse=True)
     return re.compile(r"^\s*(\d+)\s*(" + "|".join(map(re.escape, names)) + r")\s*(\d+)\s*$")
+
+
+_COMPOSITE_RE = re.compile(r"^\s*\(([^()]*)\)\s*([A-Za-z_]+)\s*$")
 
 
 ops.on_change(_action_re.cache_clear)
@@ -35,22 +38,43 @@ class Action:
     stage: int
     kind: OpKind
     mb: int
+    parts: tuple[Action, ...] = ()
+    """An overlapped op's parts (its stage and mb are its first part's); else empty."""
 
     def __str__(self) -> str:
+        if self.parts:  # torch's spelling: (0F1;3B0)OVERLAP_F_B
+            return f"({';'.join(map(str, self.parts))}){self.kind.csv}"
         return f"{self.stage}{self.kind.name}{self.mb}"
 
     @classmethod
+    def overlapped(cls, kind: OpKind, parts: tuple[Action, ...]) -> Action:
+        return cls(stage=parts[0].stage, kind=kind, mb=parts[0].mb, parts=parts)
+
+    @classmethod
     def parse(cls, text: str) -> Action:
-        """Parse `2F0`-style text; raises ScheduleError on anything else."""
+        """Parse `2F0` or `(0F1;3B0)OVERLAP_F_B`; raises ScheduleError on anything else."""
+        composite = _COMPOSITE_RE.match(text)
+        if composite is not None:
+            return cls._parse_overlapped(text, *composite.groups())
         match = _action_re().match(text)
         if match is None:
-            kinds = ", ".join(k.name for k in ops.compute_kinds())
+            kinds = ", ".join(k.name for k in ops.compute_kinds() if not k.parts)
             raise ScheduleError(
                 f"unknown action {text.strip()!r}: expected STAGE KIND MICROBATCH like '2F0' "
-                f"with KIND one of {kinds}"
+                f"with KIND one of {kinds}, or (PART;PART)OVERLAP_F_B"
             )
         stage, kind, mb = match.groups()
         return cls(stage=int(stage), kind=ops.get(kind), mb=int(mb))
+
+    @classmethod
+    def _parse_overlapped(cls, text: str, inner: str, spelling: str) -> Action:
+        parts = tuple(cls.parse(p) for p in inner.split(";"))
+        kind = ops.composite_kind(tuple(p.kind.name for p in parts), spelling)
+        if kind is None:
+            known = ", ".join(f"({';'.join(a[0] for a in k.parts)}){k.csv}"
+                              for k in ops.compute_kinds() if k.parts)
+            raise ScheduleError(f"unknown overlapped action {text.strip()!r}: known forms {known}")
+        return cls.overlapped(kind, parts)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,8 +106,8 @@ class ComputeOrder:
     @property
     def split_backward(self) -> bool:
         """Whether the backward is split (some op makes input gradients alone)."""
-        return any("weight_grad" not in a.kind.phases and "input_grad" in a.kind.phases
-                   for row in self.compute for a in row)
+        return any("weight_grad" not in p.kind.phases and "input_grad" in p.kind.phases
+                   for row in self.compute for a in row for p in (a.parts or (a,)))
 
     def origin(self, rank: int, index: int) -> SourcePos | None:
         if rank < len(self.origins) and index < len(self.origins[rank]):

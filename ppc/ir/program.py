@@ -59,8 +59,12 @@ class Instruction:
     peer: int | None = None
     peer_stage: int | None = None
     tensors: tuple[TensorSpec, ...] = field(default=())
+    parts: tuple[Instruction, ...] = field(default=())
+    """An overlapped op's compute parts (its stage and mb are the first part's)."""
 
     def __str__(self) -> str:
+        if self.parts:
+            return f"({';'.join(map(str, self.parts))}){self.op.csv}"
         return f"{self.stage}{self.op.name}{self.mb}"
 
     @classmethod
@@ -76,7 +80,7 @@ class Instruction:
         return sum(t.bytes for t in self.tensors)
 
     def to_json(self) -> dict:
-        return {
+        record = {
             "op": self.op.name,
             "stage": self.stage,
             "mb": self.mb,
@@ -84,6 +88,9 @@ class Instruction:
             "peer_stage": self.peer_stage,
             "tensors": [t.to_json() for t in self.tensors],
         }
+        if self.parts:
+            record["parts"] = [p.to_json() for p in self.parts]
+        return record
 
     @classmethod
     def from_json(cls, data: dict, specs: dict | None = None) -> Instruction:
@@ -91,8 +98,9 @@ class Instruction:
         tensors = tuple(TensorSpec.from_json(t) for t in data.get("tensors", ()))
         if specs is not None:
             tensors = specs.setdefault(tensors, tensors)
+        parts = tuple(cls.from_json(p) for p in data.get("parts", ()))
         return make(ops.get(data["op"]), int(data["stage"]), int(data["mb"]),
-                    data.get("peer"), data.get("peer_stage"), tensors)
+                    data.get("peer"), data.get("peer_stage"), tensors, parts)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,13 +150,14 @@ class Program:
 
 
 _new = object.__new__
-_set_op, _set_stage, _set_mb, _set_peer, _set_peer_stage, _set_tensors = (
-    Instruction.__dict__[name].__set__ for name in ("op", "stage", "mb", "peer", "peer_stage", "tensors")
+_set_op, _set_stage, _set_mb, _set_peer, _set_peer_stage, _set_tensors, _set_parts = (
+    Instruction.__dict__[name].__set__
+    for name in ("op", "stage", "mb", "peer", "peer_stage", "tensors", "parts")
 )
 
 
 def make(op: OpKind, stage: int, mb: int, peer: int | None = None, peer_stage: int | None = None,
-         tensors: tuple = ()) -> Instruction:
+         tensors: tuple = (), parts: tuple = ()) -> Instruction:
     """Instruction(op=op, stage=stage, ...) without the frozen dataclass's per-field overhead
     (lowering builds a million of them)."""
     instr = _new(Instruction)
@@ -158,6 +167,7 @@ def make(op: OpKind, stage: int, mb: int, peer: int | None = None, peer_stage: i
     _set_peer(instr, peer)
     _set_peer_stage(instr, peer_stage)
     _set_tensors(instr, tensors)
+    _set_parts(instr, parts)
     return instr
 
 

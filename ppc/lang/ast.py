@@ -92,12 +92,16 @@ class If:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Op:
-    """A compute op `F(stage, mb)`; mb None means the next microbatch of this kind."""
+    """A compute op `F(stage, mb)`; mb None means the next microbatch of this kind.
+
+    An overlapped op `FB(s_f, m_f, s_b, m_b)` (or `FB(s_f, s_b)`) holds its parts, each an
+    Op of its own kind; its `stage` and `mb` are the first part's."""
 
     kind: Kind
     stage: Expr
     mb: Expr | None
     pos: SourcePos
+    parts: tuple[Op, ...] = ()
 
 
 Stmt = Let | For | If | Op

@@ -126,6 +126,14 @@ class _RankProgram:
             else:
                 self._op(stmt, scope)
 
+    def _action(self, stmt: ast.Op, scope: Scope) -> Action:
+        """The op's action; without a microbatch, the next one of its kind on its stage."""
+        stage = evaluate(stmt.stage, scope)
+        key = (stmt.kind.name, stage)
+        mb = self.counts[key] if stmt.mb is None else evaluate(stmt.mb, scope)
+        self.counts[key] += 1
+        return Action(stage=stage, kind=stmt.kind, mb=mb)
+
     def _for(self, stmt: ast.For, scope: Scope) -> None:
         start, stop = evaluate(stmt.start, scope), evaluate(stmt.stop, scope)
         values = range(stop - 1, start - 1, -1) if stmt.reverse else range(start, stop)
@@ -133,11 +141,12 @@ class _RankProgram:
             self.run(stmt.body, scope.with_name(stmt.var, value))
 
     def _op(self, stmt: ast.Op, scope: Scope) -> None:
-        stage = evaluate(stmt.stage, scope)
-        key = (stmt.kind.value, stage)
-        mb = self.counts[key] if stmt.mb is None else evaluate(stmt.mb, scope)
-        self.counts[key] += 1
-        self.ops.append((Action(stage=stage, kind=stmt.kind, mb=mb), stmt.pos))
+        if stmt.parts:
+            parts = tuple(self._action(part, scope) for part in stmt.parts)
+            action = Action.overlapped(stmt.kind, parts)
+        else:
+            action = self._action(stmt, scope)
+        self.ops.append((action, stmt.pos))
         if len(self.ops) > self.limit:
             raise ScheduleError(f"this rank's program produces more than {self.limit} ops", pos=stmt.pos)
 

@@ -215,8 +215,22 @@ class _ToAst(Transformer):
         return ast.If(cond=first.cond, then=first.then, orelse=first.orelse, pos=self._at(meta))
 
     def op(self, meta, children):
-        kind, stage, mb = children
-        return ast.Op(kind=Kind(str(kind)), stage=stage, mb=mb, pos=self._at(meta))
+        kind, args = Kind(str(children[0])), children[1:]
+        pos = self._at(meta)
+        if not kind.parts:
+            if len(args) > 2:
+                raise ScheduleError(f"{kind.name} takes (stage) or (stage, microbatch), got "
+                                    f"{len(args)} arguments", pos=pos)
+            return ast.Op(kind=kind, stage=args[0], mb=args[1] if len(args) > 1 else None, pos=pos)
+        n = len(kind.parts)
+        if len(args) not in (n, 2 * n):
+            raise ScheduleError(f"{kind.name} overlaps {n} ops: give their stages ({n} arguments) or "
+                                f"stage and microbatch of each ({2 * n})", pos=pos)
+        per = len(args) // n
+        parts = tuple(ast.Op(kind=Kind(alts[0]), stage=args[i * per],
+                             mb=args[i * per + 1] if per == 2 else None, pos=pos)
+                      for i, alts in enumerate(kind.parts))
+        return ast.Op(kind=kind, stage=parts[0].stage, mb=parts[0].mb, pos=pos, parts=parts)
 
     # ------------------------------------------------------------ expressions
 

@@ -76,21 +76,24 @@ class PlanRequest:
             raise CostError(f"plan needs ranks >= 1 and a global batch >= 1, got {self.ranks}, {self.global_batch}")
 
 
-def predict(order: ComputeOrder, stage_costs: StageCosts) -> float:
-    """Simulated step time of `order` with these stage costs (compile, validate, simulate)."""
+def timeline_of(order: ComputeOrder, stage_costs: StageCosts):
+    """The simulated step of `order` with these stage costs (compile, validate, simulate)."""
     from ppc.plan.predict import simulate_order
 
-    return float(simulate_order(order, stage_costs.costs, stage_costs.stage_graph()).makespan)
+    return simulate_order(order, stage_costs.costs, stage_costs.stage_graph())
+
+
+def predict(order: ComputeOrder, stage_costs: StageCosts) -> float:
+    """Simulated step time of `order` with these stage costs."""
+    return float(timeline_of(order, stage_costs).makespan)
 
 
 def evaluate(
     order: ComputeOrder, stage_costs: StageCosts, *, profile: CostProfile, memory_cap: float | None,
     schedule: str, split_kind: str, microbatch_size: int, source: str = "",
 ) -> Candidate:
-    step = predict(order, stage_costs)
-    costs = stage_costs.costs
-    busy = [sum(costs.duration(a.kind.value, a.stage) for a in row) for row in order.compute]
-    bubble = sum(1 - b / step for b in busy) / len(busy) if step > 0 else 0.0
+    timeline = timeline_of(order, stage_costs)
+    step, bubble, costs = float(timeline.makespan), timeline.bubble, stage_costs.costs
     weights = weight_bytes(order, stage_costs.params, profile.bytes_per_param)
     acts = peak_activation_bytes(order, costs)
     peaks = tuple(w + a for w, a in zip(weights, acts))

@@ -144,7 +144,8 @@ def _index_compute(program: Program, instrs, code, offset):
         base = offset[rank]
         for i, instr in enumerate(row):
             if is_compute[code[base + i]]:
-                rrow.append((instr.op, instr.stage, instr.mb))
+                rrow.append((instr.op, instr.stage, instr.mb,
+                             tuple((p.op, p.stage, p.mb) for p in instr.parts)))
                 rpos.append(i)
                 compute_gid.append(base + i)
         rows.append(rrow)

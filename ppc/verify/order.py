@@ -21,8 +21,9 @@ from ppc.ir.routes import Route
 
 __all__ = ["ComputeIndex", "check_local_routes", "check_order", "index_compute", "index_order"]
 
-Row = Sequence[tuple[OpKind, int, int]]
-"""One rank's compute ops as (kind, stage, mb), in program order."""
+Row = Sequence[tuple]
+"""One rank's compute ops as (kind, stage, mb, parts), in program order; `parts` holds an
+overlapped op's (kind, stage, mb) parts, else is empty."""
 
 Locate = Callable[[int, int], "SourcePos | None"]
 
@@ -49,6 +50,8 @@ class ComputeIndex:
     """by_kind[(stage * M + mb) * K + kind slot] = that op (-1: none)."""
     kinds: int
     """K: compute kinds in the table when the index was built."""
+    parts: dict[int, tuple[tuple[OpKind, int, int], ...]]
+    """The (kind, stage, mb) parts of each overlapped op, by op id."""
 
     def find(self, kind: str, stage: int, mb: int) -> int:
         """The op of `kind` (by name) on (stage, mb), or -1."""
@@ -78,7 +81,14 @@ class ComputeIndex:
 
     def name(self, g: int) -> str:
         kind, stage, mb = self.ops[g]
+        parts = self.parts.get(g)
+        if parts:
+            return f"({';'.join(f'{s}{k.name}{m}' for k, s, m in parts)}){kind.csv}"
         return f"{stage}{kind.name}{mb}"
+
+    def units(self, g: int) -> tuple[tuple[OpKind, int, int], ...]:
+        """What op g computes: its parts, or itself."""
+        return self.parts.get(g) or (self.ops[g],)
 
 
 def last_backward_of(index: ComputeIndex, stages: Sequence[int]) -> list[int]:
@@ -130,7 +140,7 @@ def index_compute(
     index = ComputeIndex(
         stages=stages, microbatches=microbatches, offset=[], ops=[], rank_of=[], pos_of=[],
         by_phase=[-1] * (stages * microbatches * 3), by_kind=[-1] * (stages * microbatches * kinds),
-        kinds=kinds,
+        kinds=kinds, parts={},
     )
     for rank, row in enumerate(rows):
         _index_row(index, rank, list(row), placement, names, codes)
@@ -144,28 +154,31 @@ def _index_row(index: ComputeIndex, rank: int, row: list, placement, names: _Nam
     index.offset.append(base)
     M, K = index.microbatches, index.kinds
     slot_of, by_kind, by_phase = codes.slot, index.by_kind, index.by_phase
-    for i, (kind, stage, mb) in enumerate(row):
-        if not (0 <= stage < index.stages and 0 <= mb < M and placement[stage] == rank):
-            _explain_misplaced(rank, i, kind, stage, mb, placement, M, names)
-        pair = stage * M + mb
-        k = pair * K + slot_of[kind.code]
-        if by_kind[k] >= 0:
-            first = index.pos_of[by_kind[k]]
-            raise ValidationError(
-                f"{names.at(rank, i)}: {stage}{kind.name}{mb} runs twice (first at "
-                f"{names.other(rank, first)})", pos=names.locate(rank, i))
+    for i, (kind, stage, mb, parts) in enumerate(row):
         g = base + i
-        by_kind[k] = g
-        for phase in kind.phases:
-            p = pair * 3 + _PHASE[phase]
-            if by_phase[p] >= 0:
-                other = index.name(by_phase[p])
+        if parts:
+            index.parts[g] = parts
+        for unit_kind, unit_stage, unit_mb in parts or ((kind, stage, mb),):
+            if not (0 <= unit_stage < index.stages and 0 <= unit_mb < M and placement[unit_stage] == rank):
+                _explain_misplaced(rank, i, unit_kind, unit_stage, unit_mb, placement, M, names)
+            pair = unit_stage * M + unit_mb
+            k = pair * K + slot_of[unit_kind.code]
+            if by_kind[k] >= 0:
+                first = index.pos_of[by_kind[k]]
                 raise ValidationError(
-                    f"{names.at(rank, i)}: {stage}{kind.name}{mb} repeats the "
-                    f"{_PHASE_WORDS[phase]} of stage {stage} microbatch {mb}, which {other} "
-                    "already computes (a backward is either B, or I then W)",
-                    pos=names.locate(rank, i))
-            by_phase[p] = g
+                    f"{names.at(rank, i)}: {unit_stage}{unit_kind.name}{unit_mb} runs twice (first at "
+                    f"{names.other(rank, first)})", pos=names.locate(rank, i))
+            by_kind[k] = g
+            for phase in unit_kind.phases:
+                p = pair * 3 + _PHASE[phase]
+                if by_phase[p] >= 0:
+                    other = index.name(by_phase[p])
+                    raise ValidationError(
+                        f"{names.at(rank, i)}: {unit_stage}{unit_kind.name}{unit_mb} repeats the "
+                        f"{_PHASE_WORDS[phase]} of stage {unit_stage} microbatch {unit_mb}, which "
+                        f"{other} already computes (a backward is either B, or I then W)",
+                        pos=names.locate(rank, i))
+                by_phase[p] = g
         index.ops.append((kind, stage, mb))
         index.pos_of.append(i)
     index.rank_of.extend([rank] * len(row))
@@ -187,23 +200,30 @@ def _explain_misplaced(rank, i, kind, stage, mb, placement, microbatches, names:
 
 def _check_needs(index: ComputeIndex, names: _Namer) -> None:
     """Each op runs after the ops that did the phases it needs (same rank, earlier)."""
-    by_phase, M = index.by_phase, index.microbatches
-    for g, (kind, stage, mb) in enumerate(index.ops):
-        for phase in kind.needs:
-            d = by_phase[(stage * M + mb) * 3 + _PHASE[phase]]
-            if d < g:  # earlier on this rank (one rank runs all of a stage's ops)
-                if d >= 0:
-                    continue
-                rank = index.rank_of[g]
-                raise ValidationError(
-                    f"{names.at(rank, index.pos_of[g])}: {index.name(g)} needs the "
-                    f"{_PHASE_WORDS[phase]} of stage {stage} microbatch {mb}, which no op computes",
-                    pos=names.locate(rank, index.pos_of[g]))
-            rank = index.rank_of[g]
-            raise ValidationError(
-                f"{names.at(rank, index.pos_of[g])}: {index.name(g)} comes before "
-                f"{index.name(d)} (at {names.other(rank, index.pos_of[d])}), which it needs",
-                pos=names.locate(rank, index.pos_of[g]))
+    by_phase, M, parts = index.by_phase, index.microbatches, index.parts
+    for g, op in enumerate(index.ops):
+        for kind, stage, mb in parts.get(g) or (op,):
+            _check_unit_needs(index, names, g, kind, stage, mb, by_phase, M)
+
+
+def _check_unit_needs(index: ComputeIndex, names: _Namer, g, kind, stage, mb, by_phase, M) -> None:
+    """One computed unit (an op, or a part of an overlapped op g) against its needs."""
+    for phase in kind.needs:
+        d = by_phase[(stage * M + mb) * 3 + _PHASE[phase]]
+        if 0 <= d < g:  # earlier on this rank (one rank runs all of a stage's ops)
+            continue
+        rank, at, pos = index.rank_of[g], names.at(index.rank_of[g], index.pos_of[g]), names.locate(
+            index.rank_of[g], index.pos_of[g])
+        if d < 0:
+            message = (f"{index.name(g)} needs the {_PHASE_WORDS[phase]} of stage {stage} "
+                       f"microbatch {mb}, which no op computes")
+        elif d == g:
+            message = (f"{index.name(g)} overlaps the backward of stage {stage} microbatch {mb} "
+                       "with its own forward")
+        else:
+            message = (f"{index.name(g)} comes before {index.name(d)} (at "
+                       f"{names.other(rank, index.pos_of[d])}), which it needs")
+        raise ValidationError(f"{at}: {message}", pos=pos)
 
 
 def _check_complete(index: ComputeIndex, placement, missing_pos: SourcePos | None) -> None:
@@ -262,7 +282,8 @@ def _out_of_order(index: ComputeIndex, names: _Namer, rank: int, early: int, lat
 def index_order(order: ComputeOrder, routes: Sequence[Route] = (), *,
                 missing_pos: SourcePos | None = None) -> ComputeIndex:
     """Check and index a compute order; messages carry the schedule file's positions."""
-    rows = [[(a.kind, a.stage, a.mb) for a in row] for row in order.compute]
+    rows = [[(a.kind, a.stage, a.mb, tuple((p.kind, p.stage, p.mb) for p in a.parts))
+             for a in row] for row in order.compute]
     index = index_compute(rows, placement=order.placement, microbatches=order.microbatches,
                           locate=order.origin, missing_pos=missing_pos)
     check_local_routes(index, routes, locate=order.origin)
