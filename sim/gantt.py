@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from ppc.sim.colors import COLORS
 from ppc.sim.timeline import Timeline
 from rich.text import Text
 
 from ppc.compiler import opcodes as opc
 
-STYLE = {"F": "black on cyan", "B": "black on magenta", "I": "black on yellow", "W": "black on green"}
+STYLE = {k: f"black on {COLORS[k]}" for k in "FBIW"}
+"""The pictures' colors (ppc.sim.colors), as rich styles."""
 IDLE = "·"
 
 
