@@ -35,7 +35,10 @@ DETAIL_MIN_PX = 10.0
 """Below this median op width (pixels, whole step) the picture becomes overview + zooms."""
 DETAIL_MAX_OPS = 4096
 _WIDTH_IN, _DPI = 14.0, 150
-_PLOT_PX = _WIDTH_IN * _DPI * 0.88
+_LEFT, _RIGHT, _TOP, _BOTTOM, _GAP, _COLUMN_GAP = 0.85, 0.2, 0.7, 0.1, 0.75, 0.95
+"""Margins and gaps in inches: axes sit at fixed places, so no layout engine (which would
+draw the figure twice) is needed."""
+_PLOT_PX = (_WIDTH_IN - _LEFT - _RIGHT) * _DPI
 _LABEL_PX = 11.0
 _MAX_LABELS = 2500
 _KINDS = "FBIW"
@@ -73,7 +76,7 @@ def figure(timelines: Sequence[Timeline], *, title: str | None = None, measured=
     log.info("drawing %s", "one row per rank" if detailed else "an overview and zoomed windows")
     fig = _detailed(plt, groups, horizon, measured) if detailed else _overview(plt, groups, horizon)
     if title:
-        fig.suptitle(title, x=0.01, ha="left")
+        fig.suptitle(title, x=0.01, y=1.0, ha="left", va="top")
     return fig
 
 
@@ -86,52 +89,64 @@ def _fits(timeline: Timeline, rank_lanes: list[Lane], horizon: float) -> bool:
     return count == 0 or float(np.median(widths)) * _PLOT_PX / horizon >= DETAIL_MIN_PX
 
 
+def _axes(plt, rows: list[tuple[float, int]]):
+    """A figure with rows of axes, top to bottom: (height in inches, columns) each."""
+    height = _TOP + sum(h + _GAP for h, _ in rows) + _BOTTOM
+    fig = plt.figure(figsize=(_WIDTH_IN, height))
+    out, top = [], height - _TOP
+    for h, columns in rows:
+        width = (_WIDTH_IN - _LEFT - _RIGHT - _COLUMN_GAP * (columns - 1)) / columns
+        bottom = top - h
+        out.append([fig.add_axes((( _LEFT + j * (width + _COLUMN_GAP)) / _WIDTH_IN, bottom / height,
+                                  width / _WIDTH_IN, h / height)) for j in range(columns)])
+        top = bottom - _GAP
+    return fig, out
+
+
 def _detailed(plt, groups, horizon: float, measured):
-    heights = [max(1.2, 0.35 * t.program.ranks + 0.6) for t, _ in groups]
+    heights = [max(1.0, 0.35 * t.program.ranks) for t, _ in groups]
     if measured is not None:
         heights.append(heights[0])
-    fig, axes = plt.subplots(len(heights), 1, figsize=(_WIDTH_IN, sum(heights) + 0.6), squeeze=False,
-                             gridspec_kw={"height_ratios": heights}, sharex=True, layout="constrained")
-    for ax, (timeline, rank_lanes) in zip(axes[:, 0], groups):
+    fig, rows = _axes(plt, [(h, 1) for h in heights])
+    axes = [row[0] for row in rows]
+    for ax, (timeline, rank_lanes) in zip(axes, groups):
         _boxes(ax, rank_lanes, stage_chunks(timeline.program), timeline.program.virtual, (0.0, horizon))
         _rank_axis(ax, timeline.program.ranks)
         ax.set_title(_caption(timeline), fontsize=9, loc="left")
     if measured is not None:
         program = groups[0][0].program
-        ax = axes[-1, 0]
+        ax = axes[-1]
         _boxes(ax, measured_lanes(measured, program.ranks), stage_chunks(program), program.virtual,
                (0.0, horizon))
         _rank_axis(ax, program.ranks)
         ax.set_title(f"measured (trace, one step): makespan {measured.measured_makespan:.4g}  "
                      f"prediction error {measured.error:+.1%}", fontsize=9, loc="left")
-    axes[0, 0].set_xlim(0, horizon)
-    axes[-1, 0].set_xlabel(f"time ({groups[0][0].costs.unit})")
+    for ax in axes:
+        ax.set_xlim(0, horizon)
+        ax.set_xlabel(f"time ({groups[0][0].costs.unit})", fontsize=8)
     _legend(fig, groups)
     return fig
 
 
 def _overview(plt, groups, horizon: float):
     """Per timeline: the whole step as an image, then its first and last windows in detail."""
-    heights = []
+    plan = []
     for timeline, _ in groups:
-        h = max(1.4, 0.13 * timeline.program.ranks + 0.8)
-        heights += [h, h]
-    fig = plt.figure(figsize=(_WIDTH_IN, sum(heights) + 0.8), layout="constrained")
-    grid = fig.add_gridspec(len(heights), 2, height_ratios=heights)
+        height = max(1.2, 0.13 * timeline.program.ranks)
+        plan += [(height, 1), (height, len(_windows(timeline)))]
+    fig, rows = _axes(plt, plan)
     for i, (timeline, rank_lanes) in enumerate(groups):
         program = timeline.program
-        top = fig.add_subplot(grid[2 * i, :])
+        top = rows[2 * i][0]
         top.imshow(_strips(rank_lanes, horizon), aspect="auto", interpolation="nearest",
                    extent=(0, horizon, program.ranks - 0.5, -0.5))
         _rank_axis(top, program.ranks)
         top.set_xlim(0, horizon)
-        top.set_title(f"{_caption(timeline)}   (whole step: each pixel mixes the kinds that ran in it)",
-                      fontsize=9, loc="left")
+        top.set_title(f"{_caption(timeline)}   (whole step: each pixel mixes the kinds that ran in it; "
+                      "dashed: the windows below)", fontsize=9, loc="left")
         top.set_xlabel(f"time ({timeline.costs.unit})", fontsize=8)
         chunks = stage_chunks(program)
-        windows = _windows(timeline)
-        for j, (lo, hi, name) in enumerate(windows):
-            ax = fig.add_subplot(grid[2 * i + 1, j] if len(windows) > 1 else grid[2 * i + 1, :])
+        for ax, (lo, hi, name) in zip(rows[2 * i + 1], _windows(timeline)):
             _boxes(ax, rank_lanes, chunks, program.virtual, (lo, hi))
             _rank_axis(ax, program.ranks)
             ax.set_xlim(lo, hi)
@@ -169,7 +184,7 @@ def _strips(rank_lanes: list[Lane], horizon: float, columns: int = int(_PLOT_PX)
                 ink += _coverage(lane.start[pick], lane.end[pick], edges)[:, None] * (1 - _rgb(COLORS[kind]))
         row = lane.rank * rows_per_rank
         image[row:row + max(rows_per_rank - 1, 1)] = np.clip(1 - ink, 0, 1)
-    return image
+    return np.round(image * 255).astype(np.uint8)
 
 
 def _coverage(start: np.ndarray, end: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -183,30 +198,33 @@ def _coverage(start: np.ndarray, end: np.ndarray, edges: np.ndarray) -> np.ndarr
 
 
 def _boxes(ax, rank_lanes: list[Lane], chunks: np.ndarray, virtual: int, window: tuple[float, float]) -> None:
-    """Each op in `window` as a box: one broken_barh per (rank, kind, shade); microbatch
-    labels where the boxes are wide enough and few enough to read."""
+    """Each op in `window` as a box, all in one PolyCollection (one drawing call, whatever
+    the number of ops); microbatch labels where boxes are wide and few enough to read."""
+    from matplotlib.collections import PolyCollection
+
     lo, hi = window
     px = _PLOT_PX / max(hi - lo, 1e-12)
     views = [(lane, lane.window(lo, hi)) for lane in rank_lanes]
-    shown = sum(v.stop - v.start for _, v in views)
-    widths = np.concatenate([lane.end[v] - lane.start[v] for lane, v in views] + [np.zeros(0)])
-    edge = shown and float(np.median(widths)) * px >= 4
-    labels = 0 if not shown else int((widths * px >= _LABEL_PX).sum())
-    for lane, view in views:
-        start, end, code, stage, mb = (a[view] for a in (lane.start, lane.end, lane.code, lane.stage, lane.mb))
-        shade = chunks[stage] if len(stage) else stage
-        for kind, kind_code in zip(_KINDS, _CODES):
-            for chunk in range(virtual):
-                pick = (code == kind_code) & (shade == chunk)
-                if pick.any():
-                    ax.broken_barh(np.column_stack([start[pick], end[pick] - start[pick]]), (lane.rank - 0.4, 0.8),
-                                   facecolors=_shaded(COLORS[kind], chunk, virtual),
-                                   edgecolors="white" if edge else "none", linewidth=0.4 if edge else 0)
-        if 0 < labels <= _MAX_LABELS:
-            wide = np.flatnonzero((end - start) * px >= _LABEL_PX)
-            for i in wide.tolist():
-                ax.text((max(start[i], lo) + min(end[i], hi)) / 2, lane.rank, str(mb[i]), ha="center",
-                        va="center", fontsize=6, clip_on=True)
+
+    def cat(field: str) -> np.ndarray:
+        return np.concatenate([getattr(lane, field)[v] for lane, v in views] + [np.zeros(0)])
+
+    start, end, code, stage = cat("start"), cat("end"), cat("code").astype(int), cat("stage").astype(int)
+    rank = np.concatenate([np.full(v.stop - v.start, lane.rank) for lane, v in views] + [np.zeros(0)])
+    if not len(start):
+        return
+    palette = np.array([[_shaded(COLORS[k], c, virtual) for c in range(virtual)] for k in opc.CODE])
+    verts = np.stack([np.column_stack([start, rank - 0.4]), np.column_stack([start, rank + 0.4]),
+                      np.column_stack([end, rank + 0.4]), np.column_stack([end, rank - 0.4])], axis=1)
+    edge = float(np.median(end - start)) * px >= 4
+    ax.add_collection(PolyCollection(verts, facecolors=palette[code, chunks[stage]],
+                                     edgecolors="white" if edge else "none", linewidths=0.4 if edge else 0))
+    wide = np.flatnonzero((end - start) * px >= _LABEL_PX)
+    if 0 < len(wide) <= _MAX_LABELS:
+        mb = cat("mb").astype(int)
+        for i in wide.tolist():
+            ax.text((max(start[i], lo) + min(end[i], hi)) / 2, rank[i], str(mb[i]), ha="center",
+                    va="center", fontsize=6, clip_on=True)
 
 
 def _rank_axis(ax, ranks: int) -> None:
@@ -232,7 +250,8 @@ def _legend(fig, groups) -> None:
     if virtual > 1:
         handles += [Patch(color=_shaded("#808080", c, virtual), label=f"stage {c + 1} of {virtual} on a rank")
                     for c in range(virtual)]
-    fig.legend(handles=handles, loc="outside upper right", ncol=len(handles), frameon=False, fontsize=8)
+    fig.legend(handles=handles, loc="upper right", bbox_to_anchor=(1.0, 1.0), ncol=len(handles), frameon=False,
+               fontsize=8)
 
 
 def _rgb(color: str) -> np.ndarray:

@@ -25,14 +25,16 @@ def timeline(name="1f1b", ranks=4, microbatches=8, virtual=1):
 
 
 @pytest.mark.parametrize("microbatches", [8, 64])
-def test_boxes_cost_one_call_per_rank_kind_and_shade_whatever_the_ops(microbatches):
+def test_boxes_are_one_drawing_call_whatever_the_number_of_ops(microbatches):
     t = timeline("interleaved_1f1b", ranks=4, microbatches=microbatches, virtual=2)
     fig, ax = plt.subplots()
     plot._boxes(ax, lanes(t), stage_chunks(t.program), 2, (0.0, t.makespan))
-    # 4 ranks x (F, B) x 2 shades, for 64 or 512 compute ops
-    assert len(ax.collections) == 4 * 2 * 2
-    boxes = sum(len(c.get_paths()) for c in ax.collections)
-    assert boxes == 4 * 2 * 2 * microbatches
+    (boxes,) = ax.collections  # 64 or 512 compute ops
+    assert len(boxes.get_paths()) == 4 * 2 * 2 * microbatches
+    colors = {tuple(np.round(c[:3], 3)) for c in boxes.get_facecolors()}
+    # F and B, each in two shades (a rank's first stage, its second at 40%)
+    expected = {tuple(np.round(plot._shaded(COLORS[k], c, 2), 3)) for k in "FB" for c in (0, 1)}
+    assert colors == expected
     plt.close(fig)
 
 
@@ -62,16 +64,17 @@ def test_large_step_is_an_overview_and_the_first_and_last_windows():
 def test_strip_colors_mix_the_kinds_of_each_pixel():
     # 1F1B R=2 M=1: rank 0 runs F [0,1], idles, runs B [4,6]; rank 1 idles, F [1,2], B [2,4]
     t = timeline("1f1b", ranks=2, microbatches=1)
-    image = plot._strips(lanes(t), 6.0, columns=12)  # half a unit per column
+    image = plot._strips(lanes(t), 6.0, columns=12) / 255  # half a unit per column
     f, b = plot._rgb(COLORS["F"]), plot._rgb(COLORS["B"])
     rank0, rank1 = image[0], image[8]
-    np.testing.assert_allclose(rank0[:2], [f, f])
+    close = {"atol": 0.5 / 255}
+    np.testing.assert_allclose(rank0[:2], [f, f], **close)
     np.testing.assert_allclose(rank0[2:8], np.ones((6, 3)))
-    np.testing.assert_allclose(rank0[8:], [b] * 4)
-    np.testing.assert_allclose(rank1[2:4], [f, f])
+    np.testing.assert_allclose(rank0[8:], [b] * 4, **close)
+    np.testing.assert_allclose(rank1[2:4], [f, f], **close)
     np.testing.assert_allclose(image[7], np.ones((12, 3)))  # the white line between ranks
-    wide = plot._strips(lanes(t), 6.0, columns=3)[8]  # 2 units a column: rank 1 [0,2] is half F
-    np.testing.assert_allclose(wide[0], 1 - 0.5 * (1 - f))
+    wide = plot._strips(lanes(t), 6.0, columns=3)[8] / 255  # 2 units a column: rank 1 [0,2] is half F
+    np.testing.assert_allclose(wide[0], 1 - 0.5 * (1 - f), **close)
 
 
 def test_coverage_of_intervals():
@@ -85,3 +88,20 @@ def test_draw_writes_the_overview(tmp_path, suffix):
     plot.draw([timeline("zb_h1", ranks=8, microbatches=64)], path)
     data = path.read_bytes()
     assert data.startswith(b"\x89PNG") if suffix == ".png" else b"<svg" in data
+
+
+def test_a_measured_step_is_drawn_under_the_prediction():
+    from ppc.profiling.compare_trace import compare
+
+    order = load_schedule("1f1b").expand(ranks=2, microbatches=4, virtual=1)
+    costs = CostModel(forward=(0.01, 0.02), backward_input=(0.01, 0.02), backward_weight=(0.01, 0.02), unit="s")
+    t = simulate(lower(order, costs=costs), costs)
+    events = [{"name": str(s.instruction), "ph": "X", "pid": s.rank, "tid": 0, "ts": s.start * 1.5e6,
+               "dur": (s.end - s.start) * 1.5e6, "args": {"step": 0}} for s in t.spans(compute_only=True)]
+    fig = plot.figure([t], measured=compare(t, events))
+    predicted, measured = fig.axes
+    assert measured.get_xlim() == pytest.approx((0.0, 1.5 * t.makespan))
+    assert "prediction error -33.3%" in measured.get_title(loc="left")
+    (boxes,) = measured.collections
+    assert len(boxes.get_paths()) == 2 * 4 * 2
+    plt.close(fig)
