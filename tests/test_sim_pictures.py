@@ -100,6 +100,7 @@ def test_a_measured_step_is_drawn_under_the_prediction():
                "dur": (s.end - s.start) * 1.5e6, "args": {"step": 0}} for s in t.spans(compute_only=True)]
     fig = plot.figure([t], measured=compare(t, events))
     predicted, measured = fig.axes
+    assert predicted.get_xlim() == measured.get_xlim()  # one time axis
     assert measured.get_xlim() == pytest.approx((0.0, 1.5 * t.makespan))
     assert "prediction error -33.3%" in measured.get_title(loc="left")
     (boxes,) = measured.collections
