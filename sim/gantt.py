@@ -7,8 +7,12 @@ from rich.text import Text
 
 from ppc.ir import ops
 
-STYLE = {name: f"black on {colour}" for name, colour in ops.colours().items()}
 IDLE = "·"
+
+
+def styles() -> dict[str, str]:
+    """The pictures' colour of each compute kind (op table), as rich styles."""
+    return {name: f"black on {colour}" for name, colour in ops.colours().items()}
 
 
 def gantt(timeline: Timeline, *, width: int = 100) -> Text:
@@ -18,6 +22,7 @@ def gantt(timeline: Timeline, *, width: int = 100) -> Text:
     the op's microbatch (last digit) instead of its kind.
     """
     program = timeline.program
+    style_of = styles()
     span = timeline.makespan or 1.0
     cells = max(10, min(width, 10_000))
     step = span / cells
@@ -43,12 +48,12 @@ def gantt(timeline: Timeline, *, width: int = 100) -> Text:
         out.append(f"rank {rank}".ljust(label) + " ")
         for c in range(cells):
             if kind[c]:
-                out.append(mark[c] or kind[c], style=STYLE[kind[c]])
+                out.append(mark[c] or kind[c], style=style_of[kind[c]])
             else:
                 out.append(IDLE, style="dim")
         out.append("\n")
     out.append(" " * (label + 1))
-    for k, style in STYLE.items():
+    for k, style in style_of.items():
         out.append(f" {k} ", style=style)
         out.append(" ")
     out.append(f"  {IDLE} idle   makespan {timeline.makespan:g} {timeline.costs.unit}\n")

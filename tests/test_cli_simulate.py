@@ -62,10 +62,12 @@ def test_compare(capsys):
 @pytest.mark.parametrize("suffix", [".svg", ".png", ".html"])
 def test_out_picture(capsys, tmp_path, suffix):
     path = tmp_path / f"timeline{suffix}"
-    code, _, _ = simulate(capsys, "interleaved_1f1b", "-r", "2", "-m", "4", "--virtual", "2", "--out", str(path))
+    code, _, err = simulate(capsys, "interleaved_1f1b", "-r", "2", "-m", "4", "--virtual", "2", "--out", str(path))
     assert code == 0
+    assert err.splitlines()[-1] == f"wrote {path}"
     data = path.read_bytes()
-    assert data.startswith(b"\x89PNG") if suffix == ".png" else b"<svg" in data
+    expected = {".png": b"\x89PNG", ".svg": b"<svg", ".html": b"<canvas"}[suffix]
+    assert data.startswith(expected) if suffix == ".png" else expected in data
     if suffix == ".svg":
         assert b"interleaved_1f1b" in data
 

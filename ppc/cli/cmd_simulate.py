@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
@@ -115,18 +116,27 @@ def _simulate_program_file(path: str, args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import gc
 
-    gc.disable()  # millions of small acyclic objects: the cyclic collector only costs time
-    try:
-        timelines = [simulate_schedule(spec, args) for spec in args.schedules]
-    finally:
-        gc.enable()
-    if len(timelines) > 1 and not args.compare:
-        raise PpcError("several schedules given: add --compare to see them side by side")
-    if args.against and args.compare:
-        raise PpcError("--against compares one schedule with a trace: drop --compare")
-    comparison = _against(timelines[0], args.against) if args.against else None
     if args.out:
-        _write_out(timelines, args.out, comparison)
+        _check_out(args.out)
+    with _progress() as say:
+        gc.disable()  # millions of small acyclic objects: the cyclic collector only costs time
+        try:
+            timelines = []
+            for spec in args.schedules:
+                say(f"simulating {spec}")
+                timelines.append(simulate_schedule(spec, args))
+        finally:
+            gc.enable()
+        if len(timelines) > 1 and not args.compare:
+            raise PpcError("several schedules given: add --compare to see them side by side")
+        if args.against and args.compare:
+            raise PpcError("--against compares one schedule with a trace: drop --compare")
+        comparison = _against(timelines[0], args.against) if args.against else None
+        if args.out:
+            say(f"writing {args.out}")
+            _write_out(timelines, args.out, comparison, against=args.against)
+    if args.out:
+        _stderr().print(f"wrote {args.out}", highlight=False, soft_wrap=True)
     if args.json:
         from ppc.sim.report import summary, to_json
 
@@ -219,19 +229,48 @@ def _against_table(comparison, trace: str):
     return table
 
 
-def _write_out(timelines, out: str, comparison=None) -> None:
+def _stderr():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+@contextlib.contextmanager
+def _progress():
+    """On a terminal, a spinner on stderr with the current step and the time it has taken;
+    yields `say(text)`, which names the step."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    console = _stderr()
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+        task = progress.add_task("", total=None)
+        yield lambda text: progress.update(task, description=text)
+
+
+def _write_out(timelines, out: str, comparison=None, *, against: str | None = None) -> None:
     if out.endswith(".json"):
         from ppc.sim.trace import write_trace
 
         if len(timelines) > 1:
             raise PpcError("--out trace.json takes one schedule")
-        write_trace(timelines[0], out)
-        return
-    from ppc.sim.plot import FORMATS, draw
+        measured = None
+        if against:  # the compared step beside the prediction, in each rank's process
+            from ppc.plan.compare_trace import compared_step, load_trace
 
-    if not out.endswith(FORMATS):
-        raise PpcError(f"--out {out}: expected a file ending in .json, {', '.join(FORMATS)}")
+            measured = compared_step(load_trace(against))
+        write_trace(timelines[0], out, measured=measured)
+        return
+    from ppc.sim.plot import draw
+
     draw(timelines, out, measured=comparison)
+
+
+def _check_out(out: str) -> None:
+    """Fail before any work on an --out whose format is unknown."""
+    formats = (".json", ".svg", ".png", ".html")
+    if not out.endswith(formats):
+        raise PpcError(f"--out {out}: expected a file ending in {', '.join(formats)}")
 
 
 def _rank_table(timeline):
