@@ -153,8 +153,9 @@ def run(args: argparse.Namespace) -> int:
         if any(t.program.virtual > 1 for t in timelines) and not _is_file(args.costs):
             console.print(
                 "note: the same model in every column: with V stages per rank each stage costs 1/V "
-                "of the given costs (and 1/V of the activation bytes); peak activations count "
-                "(stage, microbatch) sets, so with V > 1 each set is 1/V as large"
+                "of the given costs (and 1/V of the activation bytes); 'peak sets' counts "
+                "(stage, microbatch) sets, each 1/V as large with V > 1, and 'peak (V=1 sets)' "
+                "counts them in one unit: sets / V"
             )
         return 0
     timeline = timelines[0]
@@ -298,13 +299,14 @@ def _compare_table(timelines):
     from ppc.sim.report import summary
 
     table = Table(title="schedules side by side")
-    for name in ("schedule", "R", "M", "S", "makespan", "bubble", "peak activations", "peak bytes"):
+    columns = ("schedule", "R", "M", "S", "makespan", "bubble", "peak sets", "peak (V=1 sets)", "peak bytes")
+    for name in columns:
         table.add_column(name, justify="left" if name == "schedule" else "right")
     for t in timelines:
         row = summary(t)
         table.add_row(
             row["schedule"], str(row["ranks"]), str(row["microbatches"]), str(row["stages"]),
             f"{row['makespan']:g}", f"{row['bubble']:.2%}", str(row["peak_activations"]),
-            "-" if row["peak_bytes"] is None else f"{row['peak_bytes']:,}",
+            f"{row['peak_stage_equivalents']:g}", "-" if row["peak_bytes"] is None else f"{row['peak_bytes']:,}",
         )
     return table
