@@ -21,6 +21,7 @@ COMMANDS: tuple[str, ...] = (
     "simulate",
     "profile",
     "plan",
+    "search",
     "run",
     "inspect",
 )

@@ -24,8 +24,8 @@ from ppc.costs import CostModel
 from ppc.errors import CostError, PpcError
 from ppc.search import cpsat
 from ppc.search.budget import MemoryBudget
-from ppc.search.problem import Problem, Resolution, build_problem, longest_paths, rank_bound
 from ppc.search.greedy import greedy_order
+from ppc.search.problem import Problem, Resolution, build_problem, longest_paths, rank_bound
 from ppc.search.warm import Candidate, asap_ticks, builtin_candidates, simulate_order
 
 log = logging.getLogger(__name__)
