@@ -103,8 +103,8 @@ class _progress:
             return None
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console,
                             transient=True)
-        self.task = self.bar.add_task("searching (warm start)", total=self.time_limit)
-        self.began = time.perf_counter()
+        self.task = self.bar.add_task("simulating the built-ins for a warm start", total=None)
+        self.began = None
         self.done = threading.Event()
         self.ticker = threading.Thread(target=self._tick, daemon=True)
         self.bar.start()
@@ -113,9 +113,13 @@ class _progress:
 
     def _tick(self) -> None:
         while not self.done.wait(0.25):
-            self.bar.update(self.task, completed=min(self.time_limit, time.perf_counter() - self.began))
+            if self.began is not None:
+                self.bar.update(self.task, completed=min(self.time_limit, time.perf_counter() - self.began))
 
     def _report(self, elapsed: float, best: float, bound: float) -> None:
+        if self.began is None:  # the solver starts: the bar now counts its time limit
+            self.began = time.perf_counter() - elapsed
+            self.bar.update(self.task, total=self.time_limit)
         gap = (best - bound) / bound if bound > 0 else 0.0
         self.bar.update(self.task, description=f"searching: best ~{best:.5g}, bound {bound:.5g}, gap ~{max(gap, 0):.2%}")
 

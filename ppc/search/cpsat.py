@@ -28,7 +28,8 @@ from ppc.search.problem import Problem
 __all__ = ["Solution", "solve"]
 
 BYTES_STEPS = 100_000
-"""In bytes, one memory unit is the largest set's bytes / BYTES_STEPS (sizes rounded up)."""
+"""In bytes, one memory unit is the greatest common divisor of the bytes that I and W
+free (exact), or else the largest set's bytes / BYTES_STEPS (sizes rounded up)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -107,9 +108,7 @@ def _memory(model, problem: Problem, start, duration, budget: MemoryBudget, cost
     """One cumulative per rank over every (stage, mb)'s holds (see `_holds`)."""
     holds: list[list[tuple[object, int]]] = [[] for _ in range(problem.ranks)]
     at = problem.index()
-    unit = 1.0
-    if budget.kind == "bytes":
-        unit = max(1.0, max(costs.activation_bytes) / BYTES_STEPS)
+    unit = _byte_unit(costs, problem.split_backward) if budget.kind == "bytes" else 1.0
     for op in problem.ops:
         if op.kind == "F":
             holds[op.rank].extend(_holds(model, problem, at, op.stage, op.mb, start, duration, budget, costs, unit,
@@ -118,6 +117,17 @@ def _memory(model, problem: Problem, start, duration, budget: MemoryBudget, cost
     for r in range(problem.ranks):
         if holds[r]:
             model.add_cumulative([iv for iv, _ in holds[r]], [q for _, q in holds[r]], capacity)
+
+
+def _byte_unit(costs: CostModel, split_backward: bool) -> float:
+    parts = []
+    for nbytes in costs.activation_bytes:
+        kept = costs.weight_share * nbytes if split_backward else 0.0
+        parts += [nbytes - kept, kept]
+    whole = [round(p) for p in parts]
+    if all(abs(p - q) < 1e-6 for p, q in zip(parts, whole)) and any(whole):
+        return float(math.gcd(*whole))
+    return max(1.0, max(parts) / BYTES_STEPS)
 
 
 def _holds(model, problem: Problem, at, stage: int, mb: int, start, duration, budget: MemoryBudget,

@@ -33,7 +33,10 @@ log = logging.getLogger(__name__)
 __all__ = ["Progress", "SearchRequest", "SearchResult", "search"]
 
 Progress = Callable[[float, float, float], None]
-"""progress(elapsed seconds, best step found, proven lower bound), in cost units."""
+"""progress(seconds since the solver started, best step found, proven lower bound), in cost
+units; called when the solver starts (with the warm start) and on every better solution.
+The best step is the solver's, in rounded-down ticks, so it may sit a little below the
+simulated step."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,6 +133,9 @@ def search(request: SearchRequest, *, progress: Progress | None = None) -> Searc
 
     def report(elapsed: float, best: int, bound: int) -> None:
         progress(elapsed, best / res.per_unit + offset, max(real_bound, bound / res.per_unit + offset))
+
+    if progress and hint is not None:
+        report(0.0, horizon, lower_ticks)
 
     solution = cpsat.solve(
         problem, duration=duration, delay=delay, horizon=horizon, lower=lower_ticks, budget=request.memory,
