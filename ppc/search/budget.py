@@ -32,37 +32,49 @@ class MemoryBudget:
     limit: float
     """Activation sets (kind "sets") or bytes (kind "bytes") per rank."""
     kind: str = "sets"
+    per_rank: tuple[float, ...] = ()
+    """A limit for each rank instead (`ppc plan`: the cap less each rank's weights); `limit`
+    is then their smallest."""
 
     def __post_init__(self) -> None:
         if self.kind not in ("sets", "bytes"):
             raise ValueError(f"budget kind must be 'sets' or 'bytes', got {self.kind!r}")
-        if not self.limit >= 0:
-            raise CostError(f"--memory must be >= 0, got {self.limit!r}")
+        if not self.limit >= 0 or any(not v >= 0 for v in self.per_rank):
+            raise CostError(f"--memory must be >= 0, got {self.per_rank or self.limit!r}")
+
+    def of(self, rank: int) -> float:
+        """Rank `rank`'s limit."""
+        return self.per_rank[rank] if self.per_rank else self.limit
 
     def __str__(self) -> str:
+        low, high = (min(self.per_rank), max(self.per_rank)) if self.per_rank else (self.limit, self.limit)
         if self.kind == "sets":
-            return f"{self.limit:g} activation sets"
-        return f"{self.limit / 2**30:.4g} GiB"
+            return f"{low:g} activation sets" if low == high else f"{low:g}-{high:g} activation sets by rank"
+        return f"{low / 2**30:.4g} GiB" if low == high else f"{low / 2**30:.4g}-{high / 2**30:.4g} GiB by rank"
 
-    def minimum(self, placement: Sequence[int], costs: CostModel) -> float:
-        """The least budget any schedule fits in (see the module docstring)."""
-        ranks = max(placement) + 1
+    def minimum(self, placement: Sequence[int], costs: CostModel, rank: int) -> float:
+        """The least budget any schedule fits in on `rank` (see the module docstring)."""
         if self.kind == "sets":
-            return float(max(list(placement).count(r) for r in range(ranks)))
+            return float(list(placement).count(rank))
         sizes = _bytes(costs)
-        return float(max(sum(sizes[s] for s, p in enumerate(placement) if p == r) for r in range(ranks)))
+        return float(sum(sizes[s] for s, p in enumerate(placement) if p == rank))
 
     def check(self, placement: Sequence[int], costs: CostModel) -> None:
         """Refuse a budget below the minimum, naming the minimum."""
-        least = self.minimum(placement, costs)
-        if self.limit < least:
-            ranks = max(placement) + 1
-            virtual = len(placement) // ranks
-            shown = f"{least:g} activation sets" if self.kind == "sets" else f"{least:,.0f} bytes ({least / 2**30:.3g} GiB)"
-            raise CostError(
-                f"--memory {self}: below the minimum any schedule needs, {shown} per rank "
-                f"(each rank runs the forward of its {virtual} stage(s) of a microbatch before its backward)"
-            )
+        ranks = max(placement) + 1
+        short = [r for r in range(ranks) if self.of(r) < self.minimum(placement, costs, r)]
+        if not short:
+            return
+        r = short[0]
+        least = self.minimum(placement, costs, r) if self.per_rank else max(
+            self.minimum(placement, costs, q) for q in range(ranks))
+        virtual = len(placement) // ranks
+        shown = f"{least:g} activation sets" if self.kind == "sets" else f"{least:,.0f} bytes ({least / 2**30:.3g} GiB)"
+        where = f"on rank {r}" if self.per_rank else "per rank"
+        raise CostError(
+            f"--memory {self}: below the minimum any schedule needs, {shown} {where} "
+            f"(each rank runs the forward of its {virtual} stage(s) of a microbatch before its backward)"
+        )
 
     def held(self, placement: Sequence[int], costs: CostModel) -> list[tuple[int, int]]:
         """Per rank, at most how many forwards can be alive at once and how many W can be
@@ -72,12 +84,13 @@ class MemoryBudget:
         for r in range(max(placement) + 1):
             mine = [s for s, p in enumerate(placement) if p == r]
             if self.kind == "sets":
-                k = int(self.limit + 1e-9)
+                k = int(self.of(r) + 1e-9)
                 out.append((k, k))
                 continue
             full = min(costs.activation_bytes[s] for s in mine)
             kept = min(costs.weight_share * costs.activation_bytes[s] for s in mine)
-            out.append((int(self.limit // full) if full > 0 else many, int(self.limit // kept) if kept > 0 else many))
+            limit = self.of(r)
+            out.append((int(limit // full) if full > 0 else many, int(limit // kept) if kept > 0 else many))
         return out
 
     def usage(self, peak_activations: int, peak_bytes: int | None) -> float:
@@ -88,7 +101,7 @@ class MemoryBudget:
 
     def fits(self, peaks: Sequence[tuple[int, int | None]]) -> bool:
         """Whether every rank's (peak_activations, peak_bytes) is within the limit."""
-        return all(self.usage(a, b) <= self.limit for a, b in peaks)
+        return all(self.usage(a, b) <= self.of(r) for r, (a, b) in enumerate(peaks))
 
 
 def parse_budget(text: str, costs: CostModel) -> MemoryBudget:

@@ -113,9 +113,9 @@ def _memory(model, problem: Problem, start, duration, budget: MemoryBudget, cost
         if op.kind == "F":
             holds[op.rank].extend(_holds(model, problem, at, op.stage, op.mb, start, duration, budget, costs, unit,
                                          horizon))
-    capacity = math.floor(budget.limit / unit + 1e-9)
     for r in range(problem.ranks):
         if holds[r]:
+            capacity = math.floor(budget.of(r) / unit + 1e-9)
             model.add_cumulative([iv for iv, _ in holds[r]], [q for _, q in holds[r]], capacity)
 
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ppc.actions import Action, ComputeOrder, Kind
+from ppc.compiler.stage_graph import StageGraph
 from ppc.costs import CostModel
 from ppc.errors import CostError, PpcError
 from ppc.search import cpsat
@@ -56,6 +57,12 @@ class SearchRequest:
     """Solver threads (None: the machine's cores, at most 8)."""
     split_backward: bool = True
     """Run each backward as I then W (else as one B)."""
+    starts: tuple[tuple[str, ComputeOrder], ...] = ()
+    """More warm starts to try, (name, order), such as `ppc plan`'s best candidate."""
+    graph: StageGraph | None = None
+    """A chain of stages whose values carry bytes (`ppc plan`'s StageCosts.stage_graph()):
+    messages then cost their bytes, in the model and in the simulation. None: messages
+    cost the latency alone, as `ppc simulate` times a CSV without `--model`."""
 
     def __post_init__(self) -> None:
         if self.ranks < 1 or self.microbatches < 1 or self.virtual < 1:
@@ -114,11 +121,12 @@ def search(request: SearchRequest, *, progress: Progress | None = None) -> Searc
     if request.memory is not None:
         request.memory.check(placement, request.costs)
     problem = build_problem(ranks=request.ranks, microbatches=request.microbatches, placement=placement,
-                            costs=request.costs, split_backward=request.split_backward)
+                            costs=request.costs, split_backward=request.split_backward,
+                            message_bytes=_message_bytes(request.graph))
     builtins = builtin_candidates(ranks=request.ranks, microbatches=request.microbatches,
                                   virtual=request.virtual, placement=request.placement,
-                                  costs=request.costs, budget=request.memory)
-    res = Resolution.for_values([*problem.duration, request.costs.transfer(0)])
+                                  costs=request.costs, budget=request.memory, graph=request.graph)
+    res = Resolution.for_values([*problem.duration, *(d.delay for d in problem.deps)])
     duration = [res.ticks(d) for d in problem.duration]
     all_deps = problem.deps + problem.symmetry
     delay = [res.ticks(d.delay) for d in all_deps]
@@ -162,11 +170,17 @@ def search(request: SearchRequest, *, progress: Progress | None = None) -> Searc
 
 
 def _warm_start(problem: Problem, builtins, duration, delay, request: SearchRequest):
-    """(name, order, start ticks) of the faster of the best fitting built-in and the greedy."""
+    """(name, order, start ticks) of the fastest of the best fitting built-in, the greedy and
+    the request's own warm starts that fit."""
     starts = []
     fitting = next((c for c in builtins if c.fits), None)
     if fitting is not None:
         starts.append((fitting.name, _renamed(fitting.order)))
+    for name, order in request.starts:
+        timeline = simulate_order(order, request.costs, request.graph)
+        if request.memory is None or request.memory.fits([(s.peak_activations, s.peak_bytes)
+                                                          for s in timeline.per_rank]):
+            starts.append((name, _renamed(order)))
     rows = greedy_order(problem, duration, delay, request.memory, request.costs)
     if rows is not None:
         starts.append(("greedy", to_order(problem, {i: k for row in rows for k, i in enumerate(row)},
@@ -188,6 +202,18 @@ def _renamed(order: ComputeOrder) -> ComputeOrder:
                         microbatches=order.microbatches, placement=order.placement, compute=order.compute)
 
 
+def _message_bytes(graph: StageGraph | None) -> list[int] | None:
+    """Per stage s, the bytes s sends to s + 1 (values to other stages are left out of the
+    model, which keeps its bound a bound)."""
+    if graph is None:
+        return None
+    out = [0] * graph.num_stages
+    for value in graph.values:
+        if value.producer >= 0 and value.producer + 1 in value.consumers and value.spec is not None:
+            out[value.producer] += value.spec.bytes
+    return out
+
+
 def _with(deps, delay):
     from ppc.search.problem import Dep
 
@@ -205,7 +231,7 @@ def _best(problem: Problem, solution: cpsat.Solution, warm, request: SearchReque
     found = None
     if solution.start is not None:
         order = to_order(problem, solution.start, request.virtual)
-        timeline = simulate_order(order, request.costs)
+        timeline = simulate_order(order, request.costs, request.graph)
         fits = request.memory is None or request.memory.fits(
             [(s.peak_activations, s.peak_bytes) for s in timeline.per_rank])
         if fits:
@@ -214,7 +240,7 @@ def _best(problem: Problem, solution: cpsat.Solution, warm, request: SearchReque
             log.warning("the solver's order exceeds the budget in simulation; ignoring it")
     if warm is not None:
         name, order, _ = warm
-        timeline = simulate_order(order, request.costs)
+        timeline = simulate_order(order, request.costs, request.graph)
         if found is None or timeline.makespan < found[1].makespan - 1e-12:
             return order, timeline, name
     return found

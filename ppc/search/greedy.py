@@ -83,7 +83,7 @@ def _next(problem: Problem, ready, free, held, budget, costs):
 def _fits(problem: Problem, i: int, held: float, budget: MemoryBudget | None, costs: CostModel) -> bool:
     if budget is None or problem.ops[i].kind != "F":
         return True
-    return held + _change(problem, i, costs, budget) <= budget.limit + 1e-9
+    return held + _change(problem, i, costs, budget) <= budget.of(problem.ops[i].rank) + 1e-9
 
 
 def _change(problem: Problem, i: int, costs: CostModel, budget: MemoryBudget | None) -> float:

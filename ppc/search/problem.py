@@ -121,7 +121,10 @@ class Problem:
 
 def build_problem(
     *, ranks: int, microbatches: int, placement: Sequence[int], costs: CostModel, split_backward: bool = True,
+    message_bytes: Sequence[int] | None = None,
 ) -> Problem:
+    """`message_bytes[s]`: bytes stage s sends to s + 1 per microbatch, and its gradient
+    back (None: no bytes, as the simulator times a program lowered without a model)."""
     placement = tuple(placement)
     stages = len(placement)
     kinds = ("F", "I", "W") if split_backward else ("F", "B")
@@ -129,12 +132,12 @@ def build_problem(
         Op(stage=s, kind=k, mb=mb, rank=placement[s]) for mb in range(microbatches) for s in range(stages) for k in kinds
     )
     at = {(op.stage, op.kind, op.mb): i for i, op in enumerate(ops)}
-    link = costs.transfer(0)  # without a model the simulator's messages carry no bytes
+    link = [costs.transfer(message_bytes[s] if message_bytes else 0) for s in range(max(stages - 1, 0))]
     back = kinds[1]
     deps = []
     for mb in range(microbatches):
         for s in range(stages):
-            cross = link if s + 1 < stages and placement[s] != placement[s + 1] else 0.0
+            cross = link[s] if s + 1 < stages and placement[s] != placement[s + 1] else 0.0
             if s + 1 < stages:
                 deps.append(Dep(at[(s, "F", mb)], at[(s + 1, "F", mb)], cross))
                 deps.append(Dep(at[(s + 1, back, mb)], at[(s, back, mb)], cross))

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ppc.actions import ComputeOrder
+from ppc.compiler.stage_graph import StageGraph
 from ppc.costs import CostModel
 from ppc.errors import PpcError
 from ppc.search.budget import MemoryBudget
@@ -34,19 +35,20 @@ class Candidate:
     fits: bool
 
 
-def simulate_order(order: ComputeOrder, costs: CostModel):
-    """Lower, validate and time `order` exactly as `ppc simulate FILE.csv --costs ...` does."""
+def simulate_order(order: ComputeOrder, costs: CostModel, graph: StageGraph | None = None):
+    """Lower, validate and time `order` exactly as `ppc simulate FILE.csv --costs ...` does
+    (with `graph`, as `ppc plan` does: messages carry the graph's bytes)."""
     from ppc.compiler.lower import lower
     from ppc.sim.timeline import simulate
     from ppc.sim.validate import check
 
-    program = lower(order, None, costs=costs)
-    return simulate(program, costs, checked=check(program))
+    program = lower(order, graph, costs=costs)
+    return simulate(program, costs, graph=graph, checked=check(program, graph))
 
 
 def builtin_candidates(
     *, ranks: int, microbatches: int, virtual: int, placement: str, costs: CostModel,
-    budget: MemoryBudget | None,
+    budget: MemoryBudget | None, graph: StageGraph | None = None,
 ) -> list[Candidate]:
     """Every built-in that expands for R, M, V and the placement, fastest first."""
     from ppc.lang import builtin_schedules, load_schedule
@@ -57,7 +59,7 @@ def builtin_candidates(
             order = load_schedule(name).expand(
                 ranks=ranks, microbatches=microbatches, virtual=virtual, placement=placement
             )
-            timeline = simulate_order(order, costs)
+            timeline = simulate_order(order, costs, graph)
         except PpcError as error:
             log.info("built-in %s does not run here: %s", name, error.message)
             continue
