@@ -194,8 +194,8 @@ def test_searched_schedule_trains_equal_to_reference(tmp_path):
         metrics = tmp_path / f"{name}.jsonl"
         done = subprocess.run([*ppc, "run", "--model", "tiny-llama", "--schedule", str(schedule), "--ranks", "4",
                                "--microbatches", "8", "--steps", "3", "--seq-len", "32", "--device", "cpu",
-                               "--metrics", str(metrics), "--quiet", *extra], capture_output=True, text=True,
-                              timeout=600)
+                               "--metrics", str(metrics), "--quiet", *extra], check=False, capture_output=True,
+                              text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
         losses[name] = [json.loads(line)["loss"] for line in metrics.read_text().splitlines()]
     assert len(losses["pipeline"]) == 3
