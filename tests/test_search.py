@@ -94,6 +94,16 @@ def test_bytes_budget_respected_per_rank():
     assert result.lower_bound <= result.makespan
 
 
+def test_progress_reports_the_warm_start_then_solutions():
+    events = []
+    request = SearchRequest(ranks=3, microbatches=6, costs=CostModel.uniform(3), memory=MemoryBudget(limit=3),
+                            time_limit=30, workers=2)
+    result = search(request, progress=lambda *event: events.append(event))
+    assert events[0] == (0.0, 21.0, 20.0)  # the greedy warm start (1F1B, the best built-in in 3 sets, takes 24)
+    assert all(bound <= result.makespan <= best for _, best, bound in events)
+    assert events[-1][1] == result.makespan == 20
+
+
 def test_resolution_is_exact_for_halves_and_rounds_down_otherwise():
     assert Resolution.for_values([1, 1.5, 0.5]) == Resolution(2.0, True)
     fine = Resolution.for_values([0.0155, 0.0055, 1e-5])

@@ -90,7 +90,7 @@ def solve(
     solver.parameters.max_time_in_seconds = max(0.01, time_limit)
     solver.parameters.num_workers = workers
     began = time.perf_counter()
-    callback = _Reporter(progress, began) if progress else None
+    callback = _reporter(cp_model, progress, began) if progress else None
     status = solver.solve(model, callback)
     name = solver.status_name(status)
     found = status in (cp_model.OPTIMAL, cp_model.FEASIBLE)
@@ -151,14 +151,11 @@ def _holds(model, problem: Problem, at, stage: int, mb: int, start, duration, bu
     return [(held(i, "hi"), math.ceil((nbytes - kept) / unit - 1e-9)), (held(last, "hw"), math.ceil(kept / unit - 1e-9))]
 
 
-class _Reporter:
-    """Calls `progress(elapsed, best, bound)` on every improving solution."""
+def _reporter(cp_model, progress, began: float):
+    """A solution callback that calls `progress(elapsed, best, bound)` on every better solution."""
 
-    def __new__(cls, progress, began):
-        cp_model = _import_cp_model()
+    class Reporter(cp_model.CpSolverSolutionCallback):
+        def on_solution_callback(self) -> None:
+            progress(time.perf_counter() - began, int(self.objective_value), int(self.best_objective_bound))
 
-        class Reporter(cp_model.CpSolverSolutionCallback):
-            def on_solution_callback(self) -> None:
-                progress(time.perf_counter() - began, int(self.objective_value), int(self.best_objective_bound))
-
-        return Reporter()
+    return Reporter()

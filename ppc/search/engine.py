@@ -18,6 +18,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ppc.actions import Action, ComputeOrder, Kind
 from ppc.compiler.stage_graph import StageGraph
@@ -26,8 +27,11 @@ from ppc.errors import CostError, PpcError
 from ppc.search import cpsat
 from ppc.search.budget import MemoryBudget
 from ppc.search.greedy import greedy_order
-from ppc.search.problem import Problem, Resolution, build_problem, longest_paths, rank_bound
+from ppc.search.problem import Dep, Problem, Resolution, build_problem, longest_paths, rank_bound
 from ppc.search.warm import Candidate, asap_ticks, builtin_candidates, simulate_order
+
+if TYPE_CHECKING:
+    from ppc.sim.timeline import Timeline
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +89,8 @@ class SearchRequest:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SearchResult:
     order: ComputeOrder
-    timeline: object
-    """ppc.sim.timeline.Timeline of `order`."""
+    timeline: Timeline
+    """The simulator's timeline of `order`."""
     makespan: float
     lower_bound: float
     status: str
@@ -183,8 +187,7 @@ def _warm_start(problem: Problem, builtins, duration, delay, request: SearchRequ
             starts.append((name, _renamed(order)))
     rows = greedy_order(problem, duration, delay, request.memory, request.costs)
     if rows is not None:
-        starts.append(("greedy", to_order(problem, {i: k for row in rows for k, i in enumerate(row)},
-                                          request.virtual)))
+        starts.append(("greedy", to_order(problem, {i: k for row in rows for k, i in enumerate(row)})))
     best = None
     for name, order in starts:
         start = asap_ticks(problem, order, duration, delay[: len(problem.deps)])
@@ -215,8 +218,6 @@ def _message_bytes(graph: StageGraph | None) -> list[int] | None:
 
 
 def _with(deps, delay):
-    from ppc.search.problem import Dep
-
     return [Dep(d.before, d.after, t) for d, t in zip(deps, delay)]
 
 
@@ -230,7 +231,7 @@ def _best(problem: Problem, solution: cpsat.Solution, warm, request: SearchReque
     """(order, timeline, source) of the faster of the solver's order and the warm start."""
     found = None
     if solution.start is not None:
-        order = to_order(problem, solution.start, request.virtual)
+        order = to_order(problem, solution.start)
         timeline = simulate_order(order, request.costs, request.graph)
         fits = request.memory is None or request.memory.fits(
             [(s.peak_activations, s.peak_bytes) for s in timeline.per_rank])
@@ -246,7 +247,7 @@ def _best(problem: Problem, solution: cpsat.Solution, warm, request: SearchReque
     return found
 
 
-def to_order(problem: Problem, start, virtual: int) -> ComputeOrder:
+def to_order(problem: Problem, start) -> ComputeOrder:
     """Each rank's ops sorted by `start[i]` (ties: end, then dependency depth)."""
     stages = problem.stages
     depth = {"F": lambda s: s, "I": lambda s: 2 * stages - s, "B": lambda s: 2 * stages - s,
