@@ -22,6 +22,7 @@ COMMANDS: tuple[str, ...] = (
     "simulate",
     "profile",
     "plan",
+    "search",
     "run",
     "inspect",
 )

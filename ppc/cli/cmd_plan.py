@@ -26,6 +26,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--microbatch-sizes", default=None, help="sizes to try (default: every divisor of the batch)")
     p.add_argument("--seq-len", type=int, default=128, help="sequence length when profiling --model")
     p.add_argument("--no-auto-zb", action="store_true", help="leave out the generated zero-bubble policy")
+    p.add_argument("--search", type=float, default=0.0, metavar="S",
+                   help="also run `ppc search` for S seconds on the best candidate's configuration (needs OR-Tools)")
     p.add_argument("--top", type=int, default=10, help="candidates to print")
     p.add_argument("-o", "--output", default="plan.ppc", help="where to write the winning schedule")
     return p
@@ -60,7 +62,7 @@ def run(args) -> int:
     from rich.table import Table
 
     from ppc.cli.console import make_console
-    from ppc.plan.planner import PlanRequest, baseline, search
+    from ppc.plan.planner import PlanRequest, baseline, rank, search, searched
     from ppc.plan.report import run_command, schedule_text
 
     console = make_console()
@@ -78,6 +80,11 @@ def run(args) -> int:
         b0 = profile.microbatch_size
         if profile.stages == args.ranks and args.global_batch % b0 == 0:
             base = baseline(profile, microbatches=args.global_batch // b0, memory_cap=cap)
+    if args.search > 0:
+        with console.status(f"searching orders for {candidates[0].describe()} ({args.search:g} s)"):
+            found = searched(profile, candidates[0], request, time_limit=args.search)
+        if found is not None:
+            candidates = rank([*candidates, found])
     unit = profile.stage_costs.unit
     table = Table(title=f"ppc plan: {args.ranks} ranks, global batch {args.global_batch}"
                   + (f", cap {args.memory_cap:g} GiB" if cap else "") + " (predicted)")
@@ -93,7 +100,11 @@ def run(args) -> int:
     console.print(table)
     winner = candidates[0]
     out = Path(args.output)
-    out.write_text(schedule_text(winner))
+    if winner.csv:  # a searched schedule: its orders, as a compute-only CSV
+        out = out.with_suffix(".csv")
+        out.write_text(winner.csv)
+    else:
+        out.write_text(schedule_text(winner))
     console.print(f"winner: {winner.describe()}, predicted step {winner.step_time:.4g} {unit}"
                   + (f" ({1 - winner.step_time / base.step_time:.0%} below the baseline "
                      f"{base.step_time:.4g} {unit})" if base else ""))

@@ -76,10 +76,11 @@ def per_model(costs, virtual: int):
 
 
 def simulate_schedule(spec: str, args: argparse.Namespace):
-    """Expand one schedule and predict its step (ppc.plan.predict, as plan does)."""
+    """Expand one schedule and predict its step (ppc.predict, as plan does)."""
     from ppc.costs import CostModel
     from ppc.lang import load_schedule
-    from ppc.plan.predict import costs_and_graph, simulate_order
+    from ppc.plan.cost_profile import costs_and_graph
+    from ppc.predict import simulate_order
 
     name, virtual = split_virtual(spec, args.virtual)
     if name.endswith(".json"):
