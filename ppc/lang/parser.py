@@ -107,7 +107,7 @@ class _ToAst(Transformer):
         if len(placements) > 1:
             raise ScheduleError("a schedule has at most one placement", pos=placements[1].pos)
         placement = placements[0] if placements else ast.Placement(kind="loop", pos=pos)
-        virtuals = [d for d in decls if isinstance(d, tuple)]
+        virtuals = [d for d in decls if isinstance(d, tuple)]  # (value, pos) from `virtual`
         if len(virtuals) > 1:
             raise ScheduleError("a schedule declares `virtual` at most once", pos=virtuals[1][1])
         return ast.ScheduleDef(

@@ -29,6 +29,8 @@ from ppc.lang.evaluate import Scope, evaluate
 from ppc.lang.placement import Layout
 
 COSTS = {Kind.F: 1, Kind.I: 1, Kind.W: 1, Kind.B: 2}
+LIMITS = ("inflight", "retained")
+"""The per-rank limits, in the order _State.limits holds them."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,7 +58,9 @@ def run_policy(
     return state.run()
 
 
-def _preference(policy: ast.Policy, first: tuple[Kind, ...] = (), pos=None) -> dict[Kind, int]:
+def _preference(
+    policy: ast.Policy, first: tuple[Kind, ...] = (), pos: SourcePos | None = None
+) -> dict[Kind, int]:
     """Kind -> rank in the tie order: `first`, then `prefer`, then F, I, B, W."""
     backward = {Kind.I, Kind.W} if policy.split_backward else {Kind.B}
     for kind in first + policy.prefer:
@@ -82,9 +86,6 @@ def _when_full(policy: ast.Policy) -> tuple[tuple[int, dict[Kind, int]], ...]:
         index = LIMITS.index(when.limit)
         items.append((index, _preference(policy, when.prefer, when.pos)))
     return tuple(items)
-
-
-LIMITS = ("inflight", "retained")
 
 
 class _State:
