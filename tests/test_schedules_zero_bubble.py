@@ -32,12 +32,12 @@ SAMPLE = [(r, m) for r in range(2, 9) for m in sorted({r, r + 1, 2 * r - 1, 2 * 
 
 
 @functools.cache
-def measure(order: ComputeOrder) -> tuple[float, tuple[int, ...]]:
-    """(makespan, peak activation sets per rank) of an order under the default unit costs."""
+def measure(order: ComputeOrder) -> tuple[float, tuple[int, ...], float]:
+    """(makespan, peak activation sets per rank, bubble) under the default unit costs."""
     costs = CostModel.load(None, order.stages)
     program = lower(order, None, costs=costs)
     timeline = simulate(program, costs, checked=check(program, None))
-    return timeline.makespan, tuple(s.peak_activations for s in timeline.per_rank)
+    return timeline.makespan, tuple(s.peak_activations for s in timeline.per_rank), timeline.bubble
 
 
 def ours(name: str, ranks: int, microbatches: int, virtual: int | None = None) -> ComputeOrder:
@@ -99,11 +99,10 @@ def torch_accepts_izb(ranks: int, microbatches: int) -> bool:
 
 @pytest.mark.parametrize(("ranks", "microbatches"), GRID)
 def test_zb_h1_has_zb_h1_bubble_at_1f1b_memory(ranks: int, microbatches: int) -> None:
-    makespan, peaks = measure(ours("zb_h1", ranks, microbatches))
+    makespan, peaks, bubble = measure(ours("zb_h1", ranks, microbatches))
     # ZB-H1: idle (R-1)(F+I-W) = R-1 per rank over a step of 3M + R - 1
     assert makespan == 3 * microbatches + ranks - 1
-    busy = 3 * microbatches
-    assert 1 - busy / makespan == pytest.approx((ranks - 1) / (3 * microbatches + ranks - 1))
+    assert bubble == pytest.approx((ranks - 1) / (3 * microbatches + ranks - 1))
     assert peaks == (ranks,) * ranks  # 1F1B's memory on every rank
 
 
@@ -119,7 +118,7 @@ def test_zb_h1_is_torchs_interleaved_zero_bubble_at_v1(ranks, microbatches, csv_
 
 def test_zb_h1_runs_with_fewer_microbatches_than_ranks() -> None:
     for ranks, microbatches in [(4, 1), (4, 3), (8, 5)]:
-        _, peaks = measure(ours("zb_h1", ranks, microbatches))
+        _, peaks, _ = measure(ours("zb_h1", ranks, microbatches))
         assert peaks == (microbatches,) * ranks
 
 
@@ -128,9 +127,10 @@ def test_zb_h1_runs_with_fewer_microbatches_than_ranks() -> None:
 
 @pytest.mark.parametrize(("ranks", "microbatches"), GRID)
 def test_zbv_reaches_the_lower_bound_at_1f1b_memory(ranks: int, microbatches: int) -> None:
-    makespan, peaks = measure(ours("zbv", ranks, microbatches))
+    makespan, peaks, bubble = measure(ours("zbv", ranks, microbatches))
     # rank R-1 starts at R-1 and then never idles: bubble (R-1)/(6M + R-1) in half-stage units
     assert makespan == 6 * microbatches + ranks - 1
+    assert bubble == pytest.approx((ranks - 1) / (6 * microbatches + ranks - 1))
     assert peaks == (2 * ranks,) * ranks  # 2R half-size sets = R full sets: 1F1B's memory
 
 
@@ -138,8 +138,9 @@ def test_zbv_reaches_the_lower_bound_at_1f1b_memory(ranks: int, microbatches: in
 def test_zbv_no_worse_than_torchs_zbv(ranks: int, microbatches: int, csv_dir) -> None:
     reference = theirs("ZBVZeroBubble", ranks, microbatches, 2, csv_dir)
     assert reference.placement == ours("zbv", ranks, microbatches).placement
-    (makespan, peaks), (their_makespan, their_peaks) = measure(ours("zbv", ranks, microbatches)), measure(reference)
-    assert makespan <= their_makespan
+    makespan, peaks, bubble = measure(ours("zbv", ranks, microbatches))
+    their_makespan, their_peaks, their_bubble = measure(reference)
+    assert makespan <= their_makespan and bubble <= their_bubble + 1e-12
     assert max(peaks) <= max(their_peaks)  # at M < 2R-1 torch's padding leaves low ranks less
     if microbatches == ranks and ranks > 2:
         assert makespan < their_makespan  # torch pads M to 2R-1 and idles
@@ -168,19 +169,20 @@ def izb_peak(ranks: int, microbatches: int, virtual: int) -> int:
 @pytest.mark.parametrize(("ranks", "microbatches", "virtual"), IZB_GRID)
 def test_interleaved_zb_equals_torch_and_the_closed_forms(ranks, microbatches, virtual, csv_dir) -> None:
     order = ours("interleaved_zb", ranks, microbatches, virtual)
-    makespan, peaks = measure(order)
-    assert makespan == 3 * virtual * microbatches + ranks - 1  # bubble (R-1)/(3VM + R-1)
+    makespan, peaks, bubble = measure(order)
+    assert makespan == 3 * virtual * microbatches + ranks - 1
+    assert bubble == pytest.approx((ranks - 1) / (3 * virtual * microbatches + ranks - 1))
     assert peaks == (izb_peak(ranks, microbatches, virtual),) * ranks
     if torch_accepts_izb(ranks, microbatches):
         reference = theirs("InterleavedZeroBubble", ranks, microbatches, virtual, csv_dir)
         assert order.compute == reference.compute
-        assert measure(reference) == (makespan, peaks)
+        assert measure(reference) == (makespan, peaks, bubble)
 
 
 @pytest.mark.parametrize(("ranks", "microbatches"), [(5, 11), (6, 13), (8, 23), (8, 32)])
 def test_interleaved_zb_larger_sizes(ranks: int, microbatches: int) -> None:
     for virtual in (2, 4):
-        makespan, peaks = measure(ours("interleaved_zb", ranks, microbatches, virtual))
+        makespan, peaks, _ = measure(ours("interleaved_zb", ranks, microbatches, virtual))
         assert makespan == 3 * virtual * microbatches + ranks - 1
         assert peaks == (izb_peak(ranks, microbatches, virtual),) * ranks
 
