@@ -43,7 +43,8 @@ def test_budget_of_1f1b_memory_still_reaches_zb_h1_step():
     result = solve(3, 6, memory=MemoryBudget(limit=3))
     assert result.makespan == 3 * 6 + 3 - 1 and result.optimal
     assert [a for a, _ in result.peaks] == [3, 3, 3]
-    assert next(c for c in result.builtins if c.name == "zb_h1").fits is False  # zb_h1 holds 5 sets on rank 0
+    zb_h1 = next(c for c in result.builtins if c.name == "zb_h1")  # ZB-H1 holds R sets: it fits and is optimal
+    assert zb_h1.fits and zb_h1.makespan == result.makespan
 
 
 def test_tighter_budget_costs_time_and_is_proven():
@@ -99,7 +100,7 @@ def test_progress_reports_the_warm_start_then_solutions():
     request = SearchRequest(ranks=3, microbatches=6, costs=CostModel.uniform(3), memory=MemoryBudget(limit=3),
                             time_limit=30, workers=2)
     result = search(request, progress=lambda *event: events.append(event))
-    assert events[0] == (0.0, 21.0, 20.0)  # the greedy warm start (1F1B, the best built-in in 3 sets, takes 24)
+    assert events[0] == (0.0, 20.0, 20.0)  # the warm start: zb_h1, the best built-in in 3 sets, is optimal
     assert all(bound <= result.makespan <= best for _, best, bound in events)
     assert events[-1][1] == result.makespan == 20
 
@@ -142,7 +143,9 @@ def test_cli_table_output(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "search", "-r", "3", "-m", "6", "--memory", "3", "-o", str(tmp_path / "s.csv"))
     assert code == 0
     assert "step 20 units, lower bound 20 units: optimal (proven)" in out
-    assert "best built-in under this budget: 1f1b, step 24 units" in out
+    line = next(x for x in out.splitlines() if x.startswith("best built-in under this budget:"))
+    assert line.split(":")[1].split(",")[0].strip() in ("zb_h1", "interleaved_zb")  # the same order at V = 1
+    assert "step 20 units" in line
 
 
 def test_cli_refuses_a_budget_below_the_minimum(capsys, tmp_path):

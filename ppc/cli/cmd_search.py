@@ -9,6 +9,8 @@ import threading
 import time
 from pathlib import Path
 
+from ppc.cli.options import add_microbatches, add_out, add_ranks, add_virtual
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
@@ -19,19 +21,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "prints the step, the proven lower bound and the gap, and writes the orders as a torch "
         "compute-only CSV that every other command accepts. Needs OR-Tools (extra 'search').",
     )
-    p.add_argument("-r", "--ranks", type=int, required=True, help="pipeline ranks R")
-    p.add_argument("-m", "--microbatches", type=int, required=True, help="microbatches M per step")
-    p.add_argument("--virtual", type=int, default=1, help="stages per rank V (default 1)")
-    p.add_argument("--placement", choices=("loop", "v"), default="loop", help="stage placement (default loop)")
+    add_ranks(p, required=True)
+    add_microbatches(p, required=True)
+    add_virtual(p, default=1, help="stages per rank V")
+    p.add_argument("--placement", choices=("loop", "v"), default="loop", help="stage placement")
     p.add_argument("--costs", metavar="SPEC", help="F=1,I=1,W=1[,latency=..] or a costs .json (default: F=I=W=1)")
     p.add_argument("--split", metavar="N,N,..", help="layers per stage: regroup a costs .json that lists "
                    "'layers' (as `ppc plan` prints it); the regrouped costs are written beside the CSV")
     p.add_argument("--memory", metavar="BUDGET", help="per-rank budget: activation sets (4) or bytes "
                    "(12GiB, 500MB; needs activation_bytes in the costs); default: unbounded")
-    p.add_argument("--time-limit", type=float, default=30.0, metavar="S", help="solver seconds (default 30)")
+    p.add_argument("--time-limit", type=float, default=30.0, metavar="S", help="solver seconds")
     p.add_argument("--workers", type=int, default=None, help="solver threads (default: cores, at most 8)")
     p.add_argument("--no-split-backward", action="store_true", help="run each backward as one B, not I then W")
-    p.add_argument("-o", "--output", default="search.csv", metavar="FILE.csv", help="where to write the orders")
+    add_out(p, default="search.csv", metavar="FILE.csv", help="where to write the orders")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
 
@@ -41,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from ppc.lang.csv_format import write_csv
     from ppc.search import SearchRequest, parse_budget, search
 
-    if not args.output.endswith(".csv"):
-        raise PpcError(f"-o {args.output}: the orders are written as a .csv")
+    if not args.out.endswith(".csv"):
+        raise PpcError(f"-o {args.out}: the orders are written as a .csv")
     costs, costs_file = _costs(args)
     request = SearchRequest(
         ranks=args.ranks, microbatches=args.microbatches, virtual=args.virtual, placement=args.placement,
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     )
     with _progress(args.time_limit) as report:
         result = search(request, progress=report)
-    out = Path(args.output)
+    out = Path(args.out)
     out.write_text(write_csv(result.order))
     if args.json:
         sys.stdout.write(json.dumps(_to_json(result, request, str(out), costs_file)) + "\n")
@@ -82,7 +84,7 @@ def _costs(args):
     if not profile.layers:
         raise CostError(f"--split: {args.costs} lists no 'layers' to regroup")
     costs = profile.grouped(split).costs
-    path = Path(args.output).with_suffix(".costs.json")
+    path = Path(args.out).with_suffix(".costs.json")
     path.write_text(json.dumps(costs.to_dict(), indent=2) + "\n")
     return costs, str(path)
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ppc.cli.model_options import add_model_arguments, build_model_split, flop_costs
+from ppc.cli.options import add_microbatches, add_out, add_ranks, add_virtual
 from ppc.errors import PpcError
 
 
@@ -26,9 +27,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="built-in name, .ppc path, .csv path or a compiled program .json (ppc compile "
         "--format json); NAME:V sets that schedule's V (for --compare)",
     )
-    parser.add_argument("-r", "--ranks", type=int, help="pipeline ranks R (a CSV gives its own)")
-    parser.add_argument("-m", "--microbatches", type=int, help="microbatches M per step")
-    parser.add_argument("--virtual", type=int, default=None, help="stages per rank V")
+    add_ranks(parser, help="pipeline ranks R (a CSV gives its own)")
+    add_microbatches(parser)
+    add_virtual(parser)
     parser.add_argument("--placement", choices=("loop", "v"), help="override the schedule's placement")
     parser.add_argument(
         "--costs",
@@ -36,9 +37,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="F=1,I=1,W=1[,latency=..,bandwidth=..] or a costs .json file (default: F=I=W=1)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument(
-        "--out", metavar="FILE", help="write the timeline: .svg/.png/.html picture or .json trace"
-    )
+    add_out(parser, help="write the timeline: .svg/.png/.html picture or .json trace")
     parser.add_argument("--compare", action="store_true", help="compare the schedules side by side")
     parser.add_argument("--width", type=int, default=None, help="terminal Gantt width in cells")
     parser.add_argument(
