@@ -2,7 +2,9 @@
 
 Cells hold actions like `0F3`, `2I1`, `1W0`, `3B2`; blank cells are allowed and skipped.
 The CSV carries no R/M/V: ranks = rows, stages = max stage + 1, microbatches = max
-microbatch + 1, and the placement is read from which row runs each stage.
+microbatch + 1, and the placement is read from which row runs each stage. Blank lines at
+the end of the file are not ranks. Indices are checked against the number of actions
+before anything is sized by them (N actions cannot name stage or microbatch N).
 """
 
 from __future__ import annotations
@@ -13,7 +15,12 @@ from pathlib import Path
 
 from ppc.actions import Action, ComputeOrder
 from ppc.errors import ScheduleError, SourcePos
+from ppc.inputs import read_text
 from ppc.lang.check import check_order
+from ppc.lang.limits import MAX_ORDER_OPS
+
+_MAX_CELL = 40
+"""Longest action cell (`123456F789` is 10 characters; padding is allowed)."""
 
 
 def write_csv(order: ComputeOrder) -> str:
@@ -28,10 +35,7 @@ def write_csv(order: ComputeOrder) -> str:
 def read_csv(path: str | Path) -> ComputeOrder:
     """Read a compute-only CSV into a checked ComputeOrder (raises ScheduleError)."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise ScheduleError(f"cannot read {path}: {error.strerror}") from None
+    text = read_text(path, error=ScheduleError, what="CSV file")
     return parse_csv(text, str(path), name=path.stem)
 
 
@@ -39,13 +43,20 @@ def parse_csv(text: str, path: str = "<csv>", *, name: str = "csv") -> ComputeOr
     """Parse CSV text; `path` is used in error positions."""
     lines = text.splitlines()
     compute, origins = [], []
-    for line_no, cells in enumerate(csv.reader(io.StringIO(text)), start=1):
+    for line_no, cells in _rows(text, path, lines):
         row, row_origins = _parse_row(cells, path, line_no, lines[line_no - 1] if lines else "")
         compute.append(tuple(row))
         origins.append(tuple(row_origins))
+    while compute and not compute[-1] and not any(origins[-1]):
+        compute.pop()  # trailing blank lines are not ranks
+        origins.pop()
     actions = [a for row in compute for a in row]
     if not actions:
         raise ScheduleError(f"{path}: the CSV holds no actions")
+    for rank, row in enumerate(compute):
+        if not row:
+            raise ScheduleError(f"{path}: row {rank} holds no actions, but every rank runs a stage")
+    _check_indices(compute, origins, len(actions), path)
     placement = _placement(compute, path)
     order = ComputeOrder(
         schedule=name,
@@ -60,6 +71,22 @@ def parse_csv(text: str, path: str = "<csv>", *, name: str = "csv") -> ComputeOr
     return order
 
 
+def _rows(text: str, path: str, lines: list[str]):
+    """(line number, cells) of each CSV row; a malformed CSV raises a positioned error."""
+    reader = csv.reader(io.StringIO(text))
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            line = max(reader.line_num, 1)
+            source = lines[line - 1] if line <= len(lines) else ""
+            pos = SourcePos(path=path, line=line, col=1, source_line=source)
+            raise ScheduleError(f"not a readable CSV: {error}", pos=pos) from None
+        yield reader.line_num, cells
+
+
 def _parse_row(cells: list[str], path: str, line_no: int, source: str):
     row, origins, col = [], [], 1
     for cell in cells:
@@ -67,6 +94,10 @@ def _parse_row(cells: list[str], path: str, line_no: int, source: str):
         col += len(cell) + 1
         if not cell.strip():
             continue
+        if len(cell) > _MAX_CELL:
+            raise ScheduleError(
+                f"a cell of {len(cell)} characters is not an action like '2F0'", pos=pos
+            )
         try:
             row.append(Action.parse(cell))
         except ScheduleError as error:
@@ -75,6 +106,20 @@ def _parse_row(cells: list[str], path: str, line_no: int, source: str):
             ) from None
         origins.append(pos)
     return row, origins
+
+
+def _check_indices(compute, origins, count: int, path: str) -> None:
+    """Refuse an order too large, and indices no complete order of `count` actions has."""
+    if count > MAX_ORDER_OPS:
+        raise ScheduleError(f"{path}: {count:,} actions; a compute order holds at most {MAX_ORDER_OPS:,}")
+    for rank, row in enumerate(compute):  # every index below `count` keeps _placement linear
+        for index, action in enumerate(row):
+            for field, value in (("stage", action.stage), ("microbatch", action.mb)):
+                if value >= count:
+                    raise ScheduleError(
+                        f"{action} names {field} {value}, but the CSV holds only {count} actions",
+                        pos=origins[rank][index],
+                    )
 
 
 def _placement(compute: list[tuple[Action, ...]], path: str) -> tuple[int, ...]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ppc.actions import ComputeOrder
 from ppc.errors import ScheduleError
+from ppc.inputs import read_text
 from ppc.lang import ast
 from ppc.lang import placement as placements
 from ppc.lang.csv_format import read_csv
@@ -103,9 +104,6 @@ def load_schedule(spec: str | Path) -> Schedule:
 
 
 def _load_ppc(path: Path) -> Schedule:
-    try:
-        source = path.read_text()
-    except OSError as error:
-        raise ScheduleError(f"cannot read {path}: {error.strerror}") from None
+    source = read_text(path, error=ScheduleError, what="schedule file")
     definition = parse(source, str(path))
     return Schedule(name=definition.name, doc=definition.doc, path=path, definition=definition)

@@ -1,0 +1,53 @@
+"""Reading the files a user hands to ppc (.ppc, .csv, costs and trace JSON).
+
+Every such file is read as bytes, bounded in size, and decoded as UTF-8 here, so a
+stray byte ends in one positioned line (`file:line:col: not valid UTF-8 ...`) rather
+than a UnicodeDecodeError, whichever reader asked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ppc.errors import InputError, PpcError, SourcePos
+
+__all__ = ["MAX_INPUT_BYTES", "decode", "read_text"]
+
+MAX_INPUT_BYTES = 16 * 2**20
+"""The largest user file ppc reads (16 MiB; a compute order at the size limit is ~4 MB of CSV)."""
+
+
+def read_text(path: str | Path, *, error: type[PpcError] = InputError, what: str = "file") -> str:
+    """The text of `path`, or one `error` line: missing, unreadable, too large or not UTF-8."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_INPUT_BYTES + 1)
+    except FileNotFoundError:
+        raise error(f"{path}: no such {what}") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a directory, not a {what}") from None
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_INPUT_BYTES:
+        raise error(f"{path}: larger than {MAX_INPUT_BYTES // 2**20} MiB, too large for a {what}")
+    return decode(data, str(path), error=error)
+
+
+def decode(data: bytes, path: str, *, error: type[PpcError] = InputError) -> str:
+    """UTF-8 text of `data` (a leading byte-order mark dropped); a bad byte raises `error`
+    positioned at its line and column (columns count characters, as editors do)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(
+            f"not valid UTF-8 (byte 0x{data[exc.start]:02x}); save the file as UTF-8",
+            pos=_byte_pos(data, exc.start, path),
+        ) from None
+    return text.removeprefix("\ufeff")
+
+
+def _byte_pos(data: bytes, offset: int, path: str) -> SourcePos:
+    line_start = data.rfind(b"\n", 0, offset) + 1
+    line = data.count(b"\n", 0, offset) + 1
+    col = len(data[line_start:offset].decode("utf-8", errors="replace")) + 1
+    return SourcePos(path=path, line=line, col=col)

@@ -1,0 +1,51 @@
+"""Sizes the language refuses before it builds anything (documented in docs/language.md).
+
+Each limit keeps one cost bounded: Python's recursion (nesting), the memory of a compute
+order and the program lowered from it (ops), the policy list scheduler's time (ops x
+ranks) and runaway loops (statements run per op).
+"""
+
+from __future__ import annotations
+
+from ppc.errors import ScheduleError, SourcePos
+
+MAX_NESTING = 64
+"""Deepest nesting of blocks (for, if, elif) and of expressions (operators, unary
+operators, calls; `a + b + c` is two levels, parentheses alone add none)."""
+
+MAX_ORDER_OPS = 500_000
+"""Most compute ops in one order: S x M x 2 with a full backward, x 3 with I and W.
+Lowering and simulating cost about 1.3 KB per op, so this bounds memory near 650 MB."""
+
+MAX_POLICY_WORK = 50_000_000
+"""Most ops x ranks for a policy schedule (its list scheduler visits every rank at every
+event): about 10 s on a loaded 2-core machine."""
+
+MAX_VALUE = 2**63
+"""Largest magnitude of a product in an expression (values never need more)."""
+
+MAX_LITERAL_DIGITS = 18
+"""Longest integer literal."""
+
+STATEMENTS_PER_OP = 16
+"""Statements (let, loop iteration, if, op) an expansion may run per op of its order (the
+built-in schedules run about 2)."""
+
+
+def check_order_size(ranks: int, microbatches: int, virtual: int, *, per_pair: int,
+                     policy: bool = False, pos: SourcePos | None = None) -> int:
+    """The order's size in ops (S x M x per_pair); raises ScheduleError above the limits."""
+    stages = ranks * virtual
+    ops = stages * microbatches * per_pair
+    sizes = f"R={ranks} M={microbatches} V={virtual}"
+    if ops > MAX_ORDER_OPS:
+        raise ScheduleError(
+            f"{sizes} makes an order of {ops:,} ops (S x M x {per_pair}); the limit is "
+            f"{MAX_ORDER_OPS:,}", pos=pos,
+        )
+    if policy and ops * ranks > MAX_POLICY_WORK:
+        raise ScheduleError(
+            f"{sizes} makes a policy schedule of {ops:,} ops x {ranks:,} ranks = {ops * ranks:,}; "
+            f"the limit for policies is {MAX_POLICY_WORK:,}", pos=pos,
+        )
+    return ops
