@@ -17,7 +17,7 @@ from ppc.actions import Action, ComputeOrder
 from ppc.errors import ScheduleError, SourcePos
 from ppc.inputs import read_text
 from ppc.lang.check import check_order
-from ppc.lang.limits import MAX_ORDER_OPS
+from ppc.lang.limits import MAX_OPS_X_RANKS, MAX_ORDER_OPS
 
 _MAX_CELL = 40
 """Longest action cell (`123456F789` is 10 characters; padding is allowed)."""
@@ -41,13 +41,15 @@ def read_csv(path: str | Path) -> ComputeOrder:
 
 def parse_csv(text: str, path: str = "<csv>", *, name: str = "csv") -> ComputeOrder:
     """Parse CSV text; `path` is used in error positions."""
-    lines = text.splitlines()
+    lines = [line.rstrip("\r") for line in text.split("\n")]  # as the csv reader counts them
     compute, origins = [], []
     for line_no, cells in _rows(text, path, lines):
-        row, row_origins = _parse_row(cells, path, line_no, lines[line_no - 1] if lines else "")
+        if len(compute) >= MAX_ORDER_OPS:
+            raise ScheduleError(f"{path}: more than {MAX_ORDER_OPS:,} rows; an order has one per rank")
+        row, row_origins = _parse_row(cells, path, line_no, _source(lines, line_no))
         compute.append(tuple(row))
         origins.append(tuple(row_origins))
-    while compute and not compute[-1] and not any(origins[-1]):
+    while compute and not compute[-1]:
         compute.pop()  # trailing blank lines are not ranks
         origins.pop()
     actions = [a for row in compute for a in row]
@@ -81,10 +83,13 @@ def _rows(text: str, path: str, lines: list[str]):
             return
         except csv.Error as error:
             line = max(reader.line_num, 1)
-            source = lines[line - 1] if line <= len(lines) else ""
-            pos = SourcePos(path=path, line=line, col=1, source_line=source)
+            pos = SourcePos(path=path, line=line, col=1, source_line=_source(lines, line))
             raise ScheduleError(f"not a readable CSV: {error}", pos=pos) from None
         yield reader.line_num, cells
+
+
+def _source(lines: list[str], line: int) -> str:
+    return lines[line - 1] if 0 < line <= len(lines) else ""
 
 
 def _parse_row(cells: list[str], path: str, line_no: int, source: str):
@@ -110,8 +115,11 @@ def _parse_row(cells: list[str], path: str, line_no: int, source: str):
 
 def _check_indices(compute, origins, count: int, path: str) -> None:
     """Refuse an order too large, and indices no complete order of `count` actions has."""
-    if count > MAX_ORDER_OPS:
-        raise ScheduleError(f"{path}: {count:,} actions; a compute order holds at most {MAX_ORDER_OPS:,}")
+    if count > MAX_ORDER_OPS or count * len(compute) > MAX_OPS_X_RANKS:
+        raise ScheduleError(
+            f"{path}: {count:,} actions on {len(compute):,} ranks; an order holds at most "
+            f"{MAX_ORDER_OPS:,} ops and {MAX_OPS_X_RANKS:,} ops x ranks"
+        )
     for rank, row in enumerate(compute):  # every index below `count` keeps _placement linear
         for index, action in enumerate(row):
             for field, value in (("stage", action.stage), ("microbatch", action.mb)):

@@ -36,7 +36,7 @@ def expand(
     _check_sizes(ranks, microbatches, virtual)
     is_policy = isinstance(schedule.body, ast.Policy)
     per_pair = 3 if is_policy and schedule.body.split_backward else 2
-    check_order_size(ranks, microbatches, virtual, per_pair=per_pair, policy=is_policy)
+    check_order_size(ranks, microbatches, virtual, per_pair=per_pair)
     scope = bind_params(schedule, ranks, microbatches, virtual, params or {})
     check_requires(schedule, scope)
     layout = placement.Layout.of(_placement(schedule, scope, placement_kind), ranks)

@@ -45,7 +45,7 @@ def _parser() -> Lark:
 
 def parse(text: str, path: str = "<string>") -> ast.ScheduleDef:
     """Parse schedule source; raises ScheduleError with file:line:col and a caret."""
-    lines = text.splitlines()
+    lines = [line.rstrip("\r") for line in text.split("\n")]  # lines as lark counts them
     try:
         tree = _parser().parse(text)
         return _ToAst(path, lines).transform(tree)

@@ -58,7 +58,7 @@ def _preference(policy: ast.Policy) -> dict[Kind, int]:
     backward = {Kind.I, Kind.W} if policy.split_backward else {Kind.B}
     for kind in policy.prefer:
         if kind != Kind.F and kind not in backward:
-            hint = "without" if policy.split_backward else "with"
+            hint = "with" if policy.split_backward else "without"
             raise ScheduleError(
                 f"prefer lists {kind.value}, which a policy {hint} `split backward` never runs",
                 pos=policy.pos,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ppc.errors import CostError
+from ppc.inputs import read_text
 
 COMPUTE_SLICE = re.compile(r"^(\d+)([FBIW])(\d+)$")
 """A compute slice's name: stage, kind, microbatch (`2F0`, `1I3`)."""
@@ -59,14 +60,17 @@ class Comparison:
 
 
 def load_trace(path: str | Path) -> list[dict]:
+    text = read_text(path, error=CostError, what="trace file")
     try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise CostError(f"{path}: no such trace file") from None
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise CostError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
+    except (RecursionError, ValueError) as exc:
+        raise CostError(f"{path}: not a trace: {type(exc).__name__}") from None
     events = data.get("traceEvents", []) if isinstance(data, dict) else data
-    return [e for e in events if e.get("ph") == "X"]
+    if not isinstance(events, list):
+        raise CostError(f"{path}: not a trace: expected a list of events or {{\"traceEvents\": [...]}}")
+    return [e for e in events if isinstance(e, dict) and e.get("ph") == "X"]
 
 
 def compared_step(events: list[dict]) -> list[dict]:
