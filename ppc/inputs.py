@@ -17,20 +17,26 @@ MAX_INPUT_BYTES = 16 * 2**20
 """The largest user file ppc reads (16 MiB; a compute order at the size limit is ~4 MB of CSV)."""
 
 
-def read_text(path: str | Path, *, error: type[PpcError] = InputError, what: str = "file") -> str:
-    """The text of `path`, or one `error` line: missing, unreadable, too large or not UTF-8."""
+def read_text(path: str | Path, *, error: type[PpcError] = InputError, what: str = "file",
+              limit: int = MAX_INPUT_BYTES) -> str:
+    """The text of `path`, or one `error` line: missing, unreadable, over `limit` bytes or
+    not UTF-8."""
     try:
         with open(path, "rb") as handle:
-            data = handle.read(MAX_INPUT_BYTES + 1)
+            data = handle.read(limit + 1)
     except FileNotFoundError:
         raise error(f"{path}: no such {what}") from None
     except IsADirectoryError:
         raise error(f"{path}: is a directory, not a {what}") from None
-    except OSError as exc:
-        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_INPUT_BYTES:
-        raise error(f"{path}: larger than {MAX_INPUT_BYTES // 2**20} MiB, too large for a {what}")
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise error(f"cannot read {what} {path!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    if len(data) > limit:
+        raise error(f"{path}: larger than {_size(limit)}, too large for a {what}")
     return decode(data, str(path), error=error)
+
+
+def _size(n: int) -> str:
+    return f"{n // 2**20} MiB" if n % 2**20 == 0 else f"{n // 2**10} KiB"
 
 
 def decode(data: bytes, path: str, *, error: type[PpcError] = InputError) -> str:

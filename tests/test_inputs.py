@@ -14,7 +14,7 @@ from ppc.inputs import MAX_INPUT_BYTES, decode, read_text
 from ppc.lang import load_schedule
 from ppc.lang.csv_format import parse_csv
 from ppc.lang.expand import expand
-from ppc.lang.limits import MAX_NESTING, MAX_OPS_X_RANKS, MAX_ORDER_OPS
+from ppc.lang.limits import MAX_NESTING, MAX_OPS_X_RANKS, MAX_ORDER_OPS, MAX_SCHEDULE_BYTES
 from ppc.lang.parser import parse
 from ppc.lang.placement import Layout, vshape
 
@@ -64,6 +64,13 @@ def test_read_text_refuses_directories_missing_and_oversized_files(tmp_path) -> 
     assert decode("\ufeffschedule".encode(), "x") == "schedule"  # a byte-order mark is dropped
 
 
+def test_a_schedule_file_is_held_to_its_own_smaller_limit(tmp_path) -> None:
+    path = tmp_path / "huge.ppc"
+    path.write_text(body("let x = 1 " * (MAX_SCHEDULE_BYTES // 10)))
+    with pytest.raises(ScheduleError, match="larger than 64 KiB, too large for a schedule file"):
+        load_schedule(str(path))
+
+
 # ------------------------------------------------------------------ language limits
 
 
@@ -105,7 +112,7 @@ def test_an_elif_chain_counts_as_nesting() -> None:
 
 def test_deep_input_never_reaches_a_recursion_limit(tmp_path, capsys) -> None:
     path = tmp_path / "deep.ppc"
-    path.write_text(body("let x = " + "(" * 100_000 + "1" + ")" * 99_999))
+    path.write_text(body("let x = " + "(" * 30_000 + "1" + ")" * 29_999))  # 60 KB, under the limit
     code, _, err = ppc(capsys, "compile", str(path), "-r", "2", "-m", "1")
     assert code == 2 and err.startswith(f"{path}:4:3: unexpected 'F', expected ')'")
 

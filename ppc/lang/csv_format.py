@@ -43,12 +43,16 @@ def parse_csv(text: str, path: str = "<csv>", *, name: str = "csv") -> ComputeOr
     """Parse CSV text; `path` is used in error positions."""
     lines = [line.rstrip("\r") for line in text.split("\n")]  # as the csv reader counts them
     compute, origins = [], []
+    count = 0
     for line_no, cells in _rows(text, path, lines):
         if len(compute) >= MAX_ORDER_OPS:
             raise ScheduleError(f"{path}: more than {MAX_ORDER_OPS:,} rows; an order has one per rank")
         row, row_origins = _parse_row(cells, path, line_no, _source(lines, line_no))
         compute.append(tuple(row))
         origins.append(tuple(row_origins))
+        count += len(row)
+        if count > MAX_ORDER_OPS:
+            raise ScheduleError(f"{path}: more than {MAX_ORDER_OPS:,} actions, the most an order holds")
     while compute and not compute[-1]:
         compute.pop()  # trailing blank lines are not ranks
         origins.pop()

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from ppc.errors import ScheduleError, SourcePos
 
+MAX_SCHEDULE_BYTES = 64 * 2**10
+"""Largest .ppc file (the built-in schedules are under 2 KB; parsing runs at 25-150 us
+a token, so this bounds a parse to a few seconds)."""
+
 MAX_NESTING = 64
 """Deepest nesting of blocks (for, if, elif) and of expressions (operators, unary
 operators, calls; `a + b + c` is two levels, parentheses alone add none)."""

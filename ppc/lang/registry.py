@@ -16,6 +16,7 @@ from ppc.lang import ast
 from ppc.lang import placement as placements
 from ppc.lang.csv_format import read_csv
 from ppc.lang.expand import PLACEMENT_OVERRIDES, expand
+from ppc.lang.limits import MAX_SCHEDULE_BYTES
 from ppc.lang.parser import parse
 
 
@@ -104,6 +105,6 @@ def load_schedule(spec: str | Path) -> Schedule:
 
 
 def _load_ppc(path: Path) -> Schedule:
-    source = read_text(path, error=ScheduleError, what="schedule file")
+    source = read_text(path, error=ScheduleError, what="schedule file", limit=MAX_SCHEDULE_BYTES)
     definition = parse(source, str(path))
     return Schedule(name=definition.name, doc=definition.doc, path=path, definition=definition)
