@@ -52,7 +52,8 @@ def parse(text: str, path: str = "<string>") -> ast.ScheduleDef:
     except lark.exceptions.VisitError as error:
         if isinstance(error.orig_exc, PpcError):
             raise error.orig_exc from None
-        pos = _pos(path, lines, getattr(error.obj.meta, "line", 1), getattr(error.obj.meta, "column", 1))
+        meta = getattr(error.obj, "meta", None)
+        pos = _pos(path, lines, getattr(meta, "line", 1), getattr(meta, "column", 1))
         raise ScheduleError(f"cannot read this {error.rule}: {error.orig_exc}", pos=pos) from None
     except lark.exceptions.UnexpectedInput as error:
         pos = _pos(path, lines, error.line, error.column)
