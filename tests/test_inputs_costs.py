@@ -124,3 +124,18 @@ def test_the_gantt_chart_skips_non_finite_times() -> None:
                                  end=[math.inf] * len(timeline.end))
     text = gantt(broken, width=20).plain
     assert "makespan inf" in text and "F" not in text.split("\n")[0]
+
+
+@pytest.mark.parametrize(
+    ("events", "message"),
+    [
+        ([{"ph": "X", "ts": "x", "dur": 1}], "slice 0: 'ts' must be a finite number, got 'x'"),
+        ([{"ph": "X", "ts": 0, "dur": 1, "args": [1]}], "slice 0: 'args' must be an object"),
+        ({"traceEvents": 5}, "not a trace: expected a list of events"),
+    ],
+)
+def test_a_malformed_trace_for_against_is_one_line(tmp_path, capsys, events, message) -> None:
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps(events))
+    code, _, err = simulate(capsys, "--against", str(path))
+    assert code == 2 and err.startswith(f"ppc: {path}") and message in err and err.count("\n") == 1

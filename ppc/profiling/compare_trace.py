@@ -11,6 +11,7 @@ the median makespan (after the first, a warm-up) is compared.
 from __future__ import annotations
 
 import json
+import math
 import re
 import statistics
 from dataclasses import dataclass
@@ -70,7 +71,24 @@ def load_trace(path: str | Path) -> list[dict]:
     events = data.get("traceEvents", []) if isinstance(data, dict) else data
     if not isinstance(events, list):
         raise CostError(f"{path}: not a trace: expected a list of events or {{\"traceEvents\": [...]}}")
-    return [e for e in events if isinstance(e, dict) and e.get("ph") == "X"]
+    slices = [e for e in events if isinstance(e, dict) and e.get("ph") == "X"]
+    for index, event in enumerate(slices):
+        _check_slice(event, f"{path}: slice {index}")
+    return slices
+
+
+def _check_slice(event: dict, where: str) -> None:
+    """The fields the comparison reads: finite ts and dur, integer pid/rank/step."""
+    for key in ("ts", "dur"):
+        value = event.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise CostError(f"{where}: {key!r} must be a finite number, got {str(value)[:40]!r}")
+    args = event.get("args", {})
+    if not isinstance(args, dict):
+        raise CostError(f"{where}: 'args' must be an object")
+    for key, value in (("pid", event.get("pid", 0)), ("rank", args.get("rank", 0)), ("step", args.get("step", 0))):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise CostError(f"{where}: {key!r} must be an integer, got {str(value)[:40]!r}")
 
 
 def compared_step(events: list[dict]) -> list[dict]:
