@@ -27,27 +27,6 @@ from ppc.ir.program import Instruction, Program
 from ppc.lang import load_schedule
 from ppc.lang.csv_format import parse_csv, write_csv
 
-EVERY_OTHER = textwrap.dedent('''
-    """1F1B recomputing microbatches m with m % k == 0."""
-    schedule rc_1f1b
-    param k = 2
-    placement loop
-    per rank r {
-      let s = stage(r, 0)
-      let warmup = min(R - r - 1, M)
-      for m in 0 .. warmup { F(s, m) }
-      for m in 0 .. M - warmup {
-        F(s, warmup + m)
-        if m % k == 0 { RF(s, m) }
-        B(s, m)
-      }
-      for m in M - warmup .. M {
-        if m % k == 0 { RF(s, m) }
-        B(s, m)
-      }
-    }
-''')
-
 GPIPE_ALL = textwrap.dedent('''
     """GPipe, every pair recomputed; with split = 1 the backward is I, then all W."""
     schedule rc_gpipe
@@ -71,17 +50,22 @@ def _write(tmp_path: Path, name: str, text: str) -> str:
     return str(path)
 
 
-def _order(tmp_path: Path, text: str = EVERY_OTHER, *, ranks: int = 4, microbatches: int = 8,
-           params: dict | None = None):
+def _order(tmp_path: Path, text: str, *, ranks: int, microbatches: int, params: dict | None = None):
     return load_schedule(_write(tmp_path, "s.ppc", text)).expand(
         ranks=ranks, microbatches=microbatches, params=params or {})
+
+
+def _recompute_1f1b(*, ranks: int = 4, microbatches: int = 8, every: int = 2):
+    """The built-in 1f1b_recompute: microbatches m with m % every == 0 are recomputed."""
+    return load_schedule("1f1b_recompute").expand(ranks=ranks, microbatches=microbatches,
+                                                  params={"every": every})
 
 
 # ----- language, listings, CSV --------------------------------------------------------
 
 
-def test_statement_expands_and_prints_in_the_action_syntax(tmp_path):
-    order = _order(tmp_path)
+def test_statement_expands_and_prints_in_the_action_syntax():
+    order = _recompute_1f1b()
     assert [str(a) for a in order.compute[3][:4]] == ["3F0", "3RF0", "3B0", "3F1"]
     assert sum(a.kind is Op.RF for row in order.compute for a in row) == 4 * 4
     csv = write_csv(order)
@@ -96,8 +80,8 @@ def test_implicit_microbatch_counts_recomputes(tmp_path):
         "0F0", "0F1", "0F2", "0RF0", "0I0", "0RF1", "0I1", "0RF2", "0I2", "0W0", "0W1", "0W2"]
 
 
-def test_program_json_round_trip(tmp_path):
-    program = compile_program(_order(tmp_path))
+def test_program_json_round_trip():
+    program = compile_program(_recompute_1f1b())
     again = Program.from_json(program.to_json())
     assert again.instructions == program.instructions
 
@@ -135,9 +119,9 @@ def test_program_with_a_late_recompute_is_refused():
 # ----- simulator: cost and memory -----------------------------------------------------
 
 
-def test_recompute_costs_a_forward(tmp_path):
+def test_recompute_costs_a_forward():
     costs = CostModel.uniform(4, F=1.5, I=1.0, W=1.0)
-    order = _order(tmp_path)
+    order = _recompute_1f1b()
     timeline = simulate(compile_program(order), costs)
     plain = simulate(compile_program(load_schedule("1f1b").expand(ranks=4, microbatches=8)), costs)
     # 4 of 8 microbatches recomputed on every rank: 4 more forwards of 1.5 each
@@ -148,7 +132,7 @@ def test_recompute_costs_a_forward(tmp_path):
 @pytest.mark.parametrize(("ranks", "microbatches"), [(4, 8), (2, 5), (8, 16)])
 def test_every_pair_recomputed_holds_one_set_per_rank(tmp_path, ranks, microbatches):
     costs = CostModel.uniform(ranks)
-    full = _order(tmp_path, ranks=ranks, microbatches=microbatches, params={"k": 1})
+    full = _recompute_1f1b(ranks=ranks, microbatches=microbatches, every=1)
     plain = load_schedule("1f1b").expand(ranks=ranks, microbatches=microbatches)
     assert [m.peak_activations for m in order_memory(plain, costs)] == [
         min(ranks - r, microbatches) for r in range(ranks)]
@@ -175,9 +159,9 @@ def test_recompute_memory_in_bytes(tmp_path):
     assert [m.peak_bytes for m in order_memory(gpipe_rc, costs)] == [190, 190]
 
 
-def test_every_other_recompute_lowers_the_peak(tmp_path):
+def test_every_other_recompute_lowers_the_peak():
     costs = CostModel.uniform(4)
-    half = order_memory(_order(tmp_path), costs)
+    half = order_memory(_recompute_1f1b(), costs)
     plain = order_memory(load_schedule("1f1b").expand(ranks=4, microbatches=8), costs)
     assert [m.peak_activations for m in plain] == [4, 3, 2, 1]
     assert [m.peak_activations for m in half] == [3, 2, 2, 1]
