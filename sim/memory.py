@@ -33,11 +33,13 @@ def rank_memory(program: Program, costs: CostModel, *, codes: list[int] | None =
     """Peak activations per rank of a program; `codes` (op codes of all instructions,
     rank-major) saves a pass."""
     code = codes if codes is not None else program_codes(i for row in program.instructions for i in row)
-    rows, g = [], 0
+    dropping = _dropping_codes()
+    peaks, g = [], 0
     for row in program.instructions:
-        rows.append(_units(zip(code[g:g + len(row)], row)))
+        mine = code[g:g + len(row)]
+        peaks.append(_peak(_units(zip(mine, row)), costs, dropping=not dropping.isdisjoint(mine)))
         g += len(row)
-    return tuple(_peak(row, costs) for row in rows)
+    return tuple(peaks)
 
 
 def _units(pairs):
@@ -51,18 +53,23 @@ def _units(pairs):
 
 def order_memory(order: ComputeOrder, costs: CostModel) -> tuple[RankMemory, ...]:
     """Peak activations per rank of a compute order (communication changes no memory)."""
-    return tuple(_peak(((p.kind.code, p.stage, p.mb) for a in row for p in (a.parts or (a,))), costs)
+    dropping = _dropping_codes()
+    return tuple(_peak(((p.kind.code, p.stage, p.mb) for a in row for p in (a.parts or (a,))), costs,
+                       dropping=not dropping.isdisjoint(a.kind.code for a in row))
                  for row in order.compute)
 
 
-def _peak(row, costs: CostModel) -> RankMemory:
-    """Walk one rank's (code, stage, mb) units applying each op's memory effect (op table)."""
-    kinds = ops.table()
-    if any(k.drops for k in kinds):
+def _dropping_codes() -> frozenset[int]:
+    """Codes of the ops that make their (stage, microbatch) drop activations (`drops`)."""
+    return frozenset(k.code for k in ops.table() if k.drops)
+
+
+def _peak(row, costs: CostModel, *, dropping: bool = False) -> RankMemory:
+    """Walk one rank's (code, stage, mb) units applying each op's memory effect (op
+    table); `dropping`: the row holds an op that `drops` (then pairs are tracked)."""
+    if dropping:
         row = list(row)
-        dropped = _dropped(row, kinds)
-        if dropped:
-            return _peak_dropping(row, costs, dropped, kinds)
+        return _peak_dropping(row, costs, _dropped(row, ops.table()), ops.table())
     sizes = costs.activation_bytes
     memory = ops.Codes.get().memory
     sets = [m.sets for m in memory]
