@@ -18,8 +18,8 @@ class RunConfig:
     """Built-in schedule name, .ppc file or torch compute-only .csv file."""
     ranks: int = 4
     """Pipeline ranks R; the world size must equal it."""
-    virtual: int = 1
-    """Stages per rank V (S = R * V)."""
+    virtual: int | None = None
+    """Stages per rank V (S = R * V); None: the schedule's own (`virtual N`), else 1."""
     placement: str | None = None
     """None: the schedule's own placement; "loop" or "v" overrides it."""
     split: str = "cost"
@@ -55,7 +55,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         for name in ("ranks", "virtual", "microbatches", "microbatch_size", "seq_len", "steps"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise RunError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.dtype not in ("fp32", "bf16"):
             raise RunError(f"--dtype must be fp32 or bf16, got {self.dtype!r}")

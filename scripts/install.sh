@@ -16,4 +16,4 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     $PIP install -q torch==2.13.0
   fi
 fi
-$PIP install -q -e ".[train,test]"
+$PIP install -q -e ".[train,test,search]"

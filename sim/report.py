@@ -35,7 +35,9 @@ def to_json(timeline: Timeline) -> dict:
 
 
 def summary(timeline: Timeline) -> dict:
-    """One comparison row: what a user asks first about a schedule."""
+    """One comparison row: what a user asks first about a schedule. Peak activations also
+    in one unit across V: a set of a stage of 1/V of a rank's layers is 1/V of a V = 1 set
+    (`peak_stage_equivalents`)."""
     peaks_bytes = [s.peak_bytes for s in timeline.per_rank if s.peak_bytes is not None]
     return {
         "schedule": timeline.program.schedule,
@@ -45,5 +47,6 @@ def summary(timeline: Timeline) -> dict:
         "makespan": timeline.makespan,
         "bubble": timeline.bubble,
         "peak_activations": timeline.peak_activations,
+        "peak_stage_equivalents": timeline.peak_activations / timeline.program.virtual,
         "peak_bytes": max(peaks_bytes) if peaks_bytes else None,
     }

@@ -56,7 +56,14 @@ def test_compare(capsys):
     code, out, _ = simulate(capsys, "1f1b", "zb_h1", "-r", "4", "-m", "8", "--compare", "--json")
     rows = json.loads(out)
     assert [r["schedule"] for r in rows] == ["1f1b", "zb_h1"]
-    assert [r["peak_activations"] for r in rows] == [4, 7]
+    assert [r["peak_activations"] for r in rows] == [4, 4]  # zb_h1 at 1F1B's peak
+
+
+def test_compare_counts_peaks_in_one_unit_across_virtual_stages(capsys):
+    code, out, _ = simulate(capsys, "1f1b", "zbv:2", "dualpipev:2", "-r", "4", "-m", "8", "--compare", "--json")
+    assert code == 0
+    rows = json.loads(out)
+    assert [r["peak_stage_equivalents"] for r in rows] == [r["peak_activations"] / v for r, v in zip(rows, (1, 2, 2))]
 
 
 @pytest.mark.parametrize("suffix", [".svg", ".png", ".html"])

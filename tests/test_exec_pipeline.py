@@ -85,6 +85,7 @@ def cases(tmp: Path) -> list[tuple[str, str, int]]:
         ("zb_h1", "zb_h1", 1),
         ("zbv", "zbv", 2),
         ("dualpipev", "dualpipev", 2),
+        ("interleaved_zb", "interleaved_zb", 2),
         ("custom_ppc", str(custom), 1),
         ("torch_csv", str(csv), 1),
         ("recompute", str(recompute), 1),
@@ -172,8 +173,10 @@ def references():
 
 
 @pytest.mark.parametrize("model", MODELS)
-@pytest.mark.parametrize("case", ["gpipe", "1f1b", "interleaved_1f1b", "zb_h1", "zbv", "dualpipev", "custom_ppc",
-                                  "torch_csv", "recompute", "recompute_split"])
+@pytest.mark.parametrize(
+    "case", ["gpipe", "1f1b", "interleaved_1f1b", "zb_h1", "zbv", "interleaved_zb", "dualpipev", "custom_ppc",
+             "torch_csv", "recompute", "recompute_split"]
+)
 def test_pipeline_equals_reference(model, case, pipeline_runs, references):
     losses, weights = pipeline_runs[model, case]
     ref_losses, ref_weights = references[model]

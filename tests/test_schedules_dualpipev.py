@@ -101,9 +101,12 @@ def test_language_statement_takes_stages_or_stages_and_microbatches(tmp_path: Pa
 
 def test_default_virtual_and_contradiction(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "ppc", "simulate", "dualpipev", "-r", "4", "-m", "8",
-                             "--virtual", "2", "--json"], capture_output=True, text=True, check=False)
+                             "--json"], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["makespan"] > 0
-    few = subprocess.run([sys.executable, "-m", "ppc", "compile", "dualpipev", "-r", "4", "-m", "6",
-                          "--virtual", "2"], capture_output=True, text=True, check=False)
-    assert few.returncode == 2 and "M >= 2 * R" in few.stderr and "dualpipev.ppc:5:" in few.stderr
+    few = subprocess.run([sys.executable, "-m", "ppc", "compile", "dualpipev", "-r", "4", "-m", "6"],
+                         capture_output=True, text=True, check=False)
+    assert few.returncode == 2 and "M >= 2 * R" in few.stderr and "dualpipev.ppc:6:" in few.stderr
+    three = subprocess.run([sys.executable, "-m", "ppc", "compile", "dualpipev", "-r", "4", "-m", "8",
+                            "--virtual", "3"], capture_output=True, text=True, check=False)
+    assert three.returncode == 2 and "dualpipev.ppc:5:" in three.stderr

@@ -88,7 +88,7 @@ def test_report_documents():
     assert [r["idle"] for r in doc["per_rank"]] == [1.0, 1.0]
     assert summary(t) == {
         "schedule": "zb_h1", "ranks": 2, "stages": 2, "microbatches": 3, "makespan": 10.0,
-        "bubble": doc["bubble"], "peak_activations": 3, "peak_bytes": None,
+        "bubble": doc["bubble"], "peak_activations": 2, "peak_stage_equivalents": 2.0, "peak_bytes": None,
     }
 
 

@@ -12,6 +12,7 @@ import logging
 import sys
 
 from ppc import __version__
+from ppc.cli.options import Parser
 from ppc.errors import PpcError
 from ppc.ir.ops import load_plugins
 
@@ -22,6 +23,7 @@ COMMANDS: tuple[str, ...] = (
     "simulate",
     "profile",
     "plan",
+    "search",
     "run",
     "inspect",
 )
@@ -36,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ppc {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name in COMMANDS:
         module = importlib.import_module(f"ppc.cli.cmd_{name}")
         sub_parser = module.add_parser(sub)

@@ -12,6 +12,7 @@ import json
 import sys
 
 from ppc.cli.model_options import add_model_arguments, build_model_split
+from ppc.cli.options import add_microbatches, add_ranks, add_virtual
 from ppc.compiler import compile_program
 from ppc.errors import ScheduleError
 from ppc.ir.program import format_program
@@ -28,14 +29,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=__doc__,
     )
     parser.add_argument("schedule", metavar="SCHEDULE", help="built-in name, .ppc path or .csv path")
-    parser.add_argument("-r", "--ranks", type=int, help="pipeline ranks R (a CSV gives its own)")
-    parser.add_argument("-m", "--microbatches", type=int, help="microbatches M per step")
-    parser.add_argument("--virtual", type=int, default=None, help="stages per rank V (default 1)")
+    add_ranks(parser, help="pipeline ranks R (a CSV gives its own)")
+    add_microbatches(parser)
+    add_virtual(parser)
     parser.add_argument("--placement", choices=("loop", "v"), help="override the schedule's placement")
     parser.add_argument(
         "--param", action="append", default=[], metavar="NAME=VALUE", help="set a schedule parameter"
     )
-    parser.add_argument("--format", choices=("text", "json", "csv"), default="text")
+    parser.add_argument("--format", choices=("text", "json", "csv"), default="text",
+                        help="per-rank listing, JSON (orders, program, stage graph) or torch's CSV")
     add_model_arguments(parser)
     return parser
 

@@ -18,7 +18,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True,
                         help="preset (tiny-llama, llama-3.2-1b, ...) or local HF directory")
     parser.add_argument("--stages", type=int, required=True, help="number of stages S")
-    parser.add_argument("--by", choices=("cost", "layers", "params"), default="cost",
+    parser.add_argument("--split", "--by", dest="by", choices=("cost", "layers", "params"), default="cost",
                         help="what the split balances (default: estimated FLOPs)")
     parser.add_argument("--seq-len", type=int, default=2048, help="tokens per sequence")
     parser.add_argument("--microbatch-size", type=int, default=1, help="sequences per microbatch")

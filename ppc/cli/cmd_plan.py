@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ppc.cli.options import add_out, add_ranks, add_virtual
+
 GIB = 2**30
 
 
@@ -17,17 +19,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "candidates and write the winner as a .ppc file with the `ppc run` command that uses it.",
     )
     p.add_argument("--model", default=None, help="model preset or HF directory (profiled on CPU when --costs is not given)")
-    p.add_argument("--ranks", type=int, required=True, help="pipeline ranks (GPUs)")
+    add_ranks(p, required=True, help="pipeline ranks R (GPUs)")
     p.add_argument("--global-batch", type=int, required=True, help="samples per optimizer step")
     p.add_argument("--memory-cap", type=float, default=None, metavar="GiB", help="memory per rank")
     p.add_argument("--costs", default=None, help="costs JSON (from `ppc profile` or docs/costs/)")
-    p.add_argument("--schedules", default=None, help="comma-separated schedules to try (default: all built-ins)")
-    p.add_argument("--virtual", default="1,2", help="stages per rank to try (default 1,2)")
+    p.add_argument("--schedules", default=None, help="comma-separated schedules to try (default: every built-in)")
+    add_virtual(p, default="1,2", type=str, help="stages per rank V to try, comma-separated")
     p.add_argument("--microbatch-sizes", default=None, help="sizes to try (default: every divisor of the batch)")
     p.add_argument("--seq-len", type=int, default=128, help="sequence length when profiling --model")
     p.add_argument("--no-auto-zb", action="store_true", help="leave out the generated zero-bubble policy")
+    p.add_argument("--search", type=float, default=0.0, metavar="S",
+                   help="also run `ppc search` for S seconds on the best candidate's configuration (needs OR-Tools)")
     p.add_argument("--top", type=int, default=10, help="candidates to print")
-    p.add_argument("-o", "--output", default="plan.ppc", help="where to write the winning schedule")
+    add_out(p, default="plan.ppc", help="where to write the winning schedule")
     return p
 
 
@@ -60,7 +64,7 @@ def run(args) -> int:
     from rich.table import Table
 
     from ppc.cli.console import make_console
-    from ppc.plan.planner import PlanRequest, baseline, search
+    from ppc.plan.planner import PlanRequest, baseline, rank, search, searched
     from ppc.plan.report import run_command, schedule_text
 
     console = make_console()
@@ -78,6 +82,11 @@ def run(args) -> int:
         b0 = profile.microbatch_size
         if profile.stages == args.ranks and args.global_batch % b0 == 0:
             base = baseline(profile, microbatches=args.global_batch // b0, memory_cap=cap)
+    if args.search > 0:
+        with console.status(f"searching orders for {candidates[0].describe()} ({args.search:g} s)"):
+            found = searched(profile, candidates[0], request, time_limit=args.search)
+        if found is not None:
+            candidates = rank([*candidates, found])
     unit = profile.stage_costs.unit
     table = Table(title=f"ppc plan: {args.ranks} ranks, global batch {args.global_batch}"
                   + (f", cap {args.memory_cap:g} GiB" if cap else "") + " (predicted)")
@@ -92,8 +101,12 @@ def run(args) -> int:
                       "yes" if c.fits else "NO")
     console.print(table)
     winner = candidates[0]
-    out = Path(args.output)
-    out.write_text(schedule_text(winner))
+    out = Path(args.out)
+    if winner.csv:  # a searched schedule: its orders, as a compute-only CSV
+        out = out.with_suffix(".csv")
+        out.write_text(winner.csv)
+    else:
+        out.write_text(schedule_text(winner))
     console.print(f"winner: {winner.describe()}, predicted step {winner.step_time:.4g} {unit}"
                   + (f" ({1 - winner.step_time / base.step_time:.0%} below the baseline "
                      f"{base.step_time:.4g} {unit})" if base else ""))

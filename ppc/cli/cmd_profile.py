@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ppc.cli.options import add_out, add_ranks
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
@@ -15,24 +17,26 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, help="model preset (e.g. tiny-llama) or HF directory")
     p.add_argument("--stages", type=int, required=True, help="stages to split the model into")
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--microbatch-size", type=int, default=1)
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence")
+    p.add_argument("--microbatch-size", type=int, default=1, help="sequences per microbatch")
     p.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default=None,
                    help="bf16 autocast as `ppc run` uses on GPU (default: bf16 on cuda, fp32 on cpu)")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--by", default="cost", choices=("cost", "layers", "params"), help="how to split")
+    p.add_argument("--warmup-repeats", "--warmup", dest="warmup", type=int, default=2,
+                   help="untimed runs of each op before timing (not `ppc run`'s LR warm-up)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs of each op (the median is kept)")
+    p.add_argument("--split", "--by", dest="by", default="cost", choices=("cost", "layers", "params"),
+                   help="how to cut the model into stages: balance estimated FLOPs, blocks or parameters")
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer measurement")
     p.add_argument("--p2p", action="store_true",
                    help="also measure point-to-point latency and bandwidth between two processes "
                    "(gloo on cpu, NCCL on two GPUs) into the costs' \"comm\"")
-    p.add_argument("--ranks", type=int, default=None,
-                   help="CPU only: take the op costs from a short calibration `ppc run` on R ranks of this "
-                   "host (CPU time per op, per posted transfer group and per optimizer step), and record "
-                   "the host's cores, which the simulator shares between computing ranks")
+    add_ranks(p, default=None,
+              help="CPU only: take the op costs from a short calibration `ppc run` on R ranks of this "
+              "host (CPU time per op, per posted transfer group and per optimizer step), and record "
+              "the host's cores, which the simulator shares between computing ranks")
     p.add_argument("--p2p-mib", type=float, default=16.0, help="size of the bandwidth message in MiB")
-    p.add_argument("-o", "--output", required=True, help="costs JSON to write")
+    add_out(p, required=True, help="costs JSON to write")
     return p
 
 
@@ -50,7 +54,7 @@ def run(args) -> int:
     )
     with console.status(f"profiling {args.model} on {args.device}") as status:
         profile = profile_model(request, progress=status.update)
-    profile.save(args.output)
+    profile.save(args.out)
     c = profile.stage_costs
     table = Table(title=f"{args.model}: {args.stages} stages, microbatch {args.microbatch_size} x {args.seq_len} "
                   f"on {profile.meta.get('device', args.device)}")
@@ -74,5 +78,5 @@ def run(args) -> int:
             f"cores, effective {c.cores:.2f} for the simulator, {c.threads} thread(s) per rank",
             highlight=False,
         )
-    console.print(f"wrote {args.output}")
+    console.print(f"wrote {args.out}")
     return 0

@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 
+from ppc.cli.options import add_microbatches, add_ranks, add_virtual
 from ppc.errors import PpcError, RunError
 
 _PARSER: argparse.ArgumentParser | None = None
@@ -29,8 +30,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g = p.add_argument_group("model and schedule")
     g.add_argument("--model", default="tiny-llama", help="preset name or local HF directory")
     g.add_argument("--schedule", default="1f1b", help="built-in name, .ppc file or torch .csv")
-    g.add_argument("--ranks", type=int, default=4, help="pipeline ranks R (= world size)")
-    g.add_argument("--virtual", type=int, default=1, help="stages per rank V")
+    add_ranks(g, default=4, help="pipeline ranks R (= world size)")
+    add_virtual(g)
     g.add_argument("--placement", choices=("loop", "v"), help="override the schedule's placement")
     g.add_argument("--split", default="cost", metavar="cost|layers|params|N,N,..",
                    help="how to cut the model into stages: balance estimated FLOPs (cost), blocks "
@@ -38,16 +39,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g = p.add_argument_group("data and batch")
     g.add_argument("--data", help=".txt or .jsonl (\"text\" field); default: Python's docs")
     g.add_argument("--tokenizer", help="local Hugging Face tokenizer directory (default: bytes)")
-    g.add_argument("--seq-len", type=int, default=64)
-    g.add_argument("--microbatches", type=int, default=8)
-    g.add_argument("--microbatch-size", type=int, default=1)
+    g.add_argument("--seq-len", type=int, default=64, help="tokens per sequence")
+    add_microbatches(g, default=8)
+    g.add_argument("--microbatch-size", type=int, default=1, help="sequences per microbatch")
     g = p.add_argument_group("optimization")
-    g.add_argument("--steps", type=int, default=20)
-    g.add_argument("--lr", type=float, default=3e-4)
-    g.add_argument("--warmup", type=int, default=2, help="linear warm-up steps, then cosine")
-    g.add_argument("--weight-decay", type=float, default=0.1)
+    g.add_argument("--steps", type=int, default=20, help="optimizer steps (the LR schedule spans them)")
+    g.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (AdamW)")
+    g.add_argument("--warmup", type=int, default=2, help="linear LR warm-up steps, then cosine")
+    g.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay")
     g.add_argument("--clip", type=float, default=1.0, help="max global grad norm (0: off)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seed of the weights and the data order")
     g = p.add_argument_group("devices and processes")
     g.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     g.add_argument("--dtype", choices=("fp32", "bf16"), help="default: bf16 on cuda, fp32 on cpu")
@@ -58,7 +59,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--metrics", help="write one JSON object per step to this .jsonl file")
     g.add_argument("--save", help="write a merged Hugging Face checkpoint to this directory")
     g.add_argument("--checkpoint-every", type=int, default=0, help="save resumable state every N steps")
-    g.add_argument("--checkpoint-dir", default="checkpoints")
+    g.add_argument("--checkpoint-dir", default="checkpoints", help="where --checkpoint-every writes")
     g.add_argument("--resume", help="resume from a checkpoint directory")
     g.add_argument("--trace", help="write each rank's executed instructions as a Chrome trace")
     g.add_argument("--quiet", action="store_true", help="no per-step lines or progress bar")

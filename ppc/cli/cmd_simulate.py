@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ppc.cli.model_options import add_model_arguments, build_model_split, flop_costs
+from ppc.cli.options import add_microbatches, add_out, add_ranks, add_virtual
 from ppc.errors import PpcError
 
 
@@ -26,9 +27,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="built-in name, .ppc path, .csv path or a compiled program .json (ppc compile "
         "--format json); NAME:V sets that schedule's V (for --compare)",
     )
-    parser.add_argument("-r", "--ranks", type=int, help="pipeline ranks R (a CSV gives its own)")
-    parser.add_argument("-m", "--microbatches", type=int, help="microbatches M per step")
-    parser.add_argument("--virtual", type=int, default=None, help="stages per rank V")
+    add_ranks(parser, help="pipeline ranks R (a CSV gives its own)")
+    add_microbatches(parser)
+    add_virtual(parser)
     parser.add_argument("--placement", choices=("loop", "v"), help="override the schedule's placement")
     parser.add_argument(
         "--costs",
@@ -36,9 +37,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="F=1,I=1,W=1[,latency=..,bandwidth=..] or a costs .json file (default: F=I=W=1)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument(
-        "--out", metavar="FILE", help="write the timeline: .svg/.png/.html picture or .json trace"
-    )
+    add_out(parser, help="write the timeline: .svg/.png/.html picture or .json trace")
     parser.add_argument("--compare", action="store_true", help="compare the schedules side by side")
     parser.add_argument("--width", type=int, default=None, help="terminal Gantt width in cells")
     parser.add_argument(
@@ -76,10 +75,11 @@ def per_model(costs, virtual: int):
 
 
 def simulate_schedule(spec: str, args: argparse.Namespace):
-    """Expand one schedule and predict its step (ppc.plan.predict, as plan does)."""
+    """Expand one schedule and predict its step (ppc.predict, as plan does)."""
     from ppc.costs import CostModel
     from ppc.lang import load_schedule
-    from ppc.plan.predict import costs_and_graph, simulate_order
+    from ppc.plan.cost_profile import costs_and_graph
+    from ppc.predict import simulate_order
 
     name, virtual = split_virtual(spec, args.virtual)
     if name.endswith(".json"):
@@ -153,8 +153,9 @@ def run(args: argparse.Namespace) -> int:
         if any(t.program.virtual > 1 for t in timelines) and not _is_file(args.costs):
             console.print(
                 "note: the same model in every column: with V stages per rank each stage costs 1/V "
-                "of the given costs (and 1/V of the activation bytes); peak activations count "
-                "(stage, microbatch) sets, so with V > 1 each set is 1/V as large"
+                "of the given costs (and 1/V of the activation bytes); 'peak sets' counts "
+                "(stage, microbatch) sets, each 1/V as large with V > 1, and 'peak (V=1 sets)' "
+                "counts them in one unit: sets / V"
             )
         return 0
     timeline = timelines[0]
@@ -298,13 +299,14 @@ def _compare_table(timelines):
     from ppc.sim.report import summary
 
     table = Table(title="schedules side by side")
-    for name in ("schedule", "R", "M", "S", "makespan", "bubble", "peak activations", "peak bytes"):
+    columns = ("schedule", "R", "M", "S", "makespan", "bubble", "peak sets", "peak (V=1 sets)", "peak bytes")
+    for name in columns:
         table.add_column(name, justify="left" if name == "schedule" else "right")
     for t in timelines:
         row = summary(t)
         table.add_row(
             row["schedule"], str(row["ranks"]), str(row["microbatches"]), str(row["stages"]),
             f"{row['makespan']:g}", f"{row['bubble']:.2%}", str(row["peak_activations"]),
-            "-" if row["peak_bytes"] is None else f"{row['peak_bytes']:,}",
+            f"{row['peak_stage_equivalents']:g}", "-" if row["peak_bytes"] is None else f"{row['peak_bytes']:,}",
         )
     return table

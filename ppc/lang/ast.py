@@ -155,6 +155,18 @@ class Policy:
     inflight: Expr | None
     retained: Expr | None
     pos: SourcePos
+    when_full: tuple[WhenFull, ...] = ()
+    """`when LIMIT full prefer K, ...` items, in file order."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WhenFull:
+    """`when retained full prefer W`: while the rank's count is at that limit, these kinds go first."""
+
+    limit: str
+    """"inflight" or "retained"."""
+    prefer: tuple[Kind, ...]
+    pos: SourcePos
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -168,3 +180,5 @@ class ScheduleDef:
     placement: Placement
     body: PerRank | Policy
     pos: SourcePos
+    virtual: int | None = None
+    """`virtual N`: the V used when none is given (None: 1)."""

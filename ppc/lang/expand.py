@@ -27,11 +27,16 @@ def expand(
     *,
     ranks: int,
     microbatches: int,
-    virtual: int = 1,
+    virtual: int | None = None,
     placement_kind: str | None = None,
     params: Mapping[str, int] | None = None,
 ) -> ComputeOrder:
-    """Expand `schedule` for R ranks, M microbatches and V stages per rank."""
+    """Expand `schedule` for R ranks, M microbatches and V stages per rank.
+
+    V None means the schedule's `virtual N` declaration, or 1 when it has none.
+    """
+    if virtual is None:
+        virtual = default_virtual(schedule)
     _check_sizes(ranks, microbatches, virtual)
     scope = bind_params(schedule, ranks, microbatches, virtual, params or {})
     check_requires(schedule, scope)
@@ -53,6 +58,11 @@ def expand(
     check_order(order, missing_pos=schedule.body.pos)
     log.info("expanded %s: R=%s M=%s V=%s", schedule.name, ranks, microbatches, virtual)
     return order
+
+
+def default_virtual(schedule: ast.ScheduleDef) -> int:
+    """The V a schedule runs with when none is given: its `virtual N`, else 1."""
+    return 1 if schedule.virtual is None else schedule.virtual
 
 
 def _check_sizes(ranks: int, microbatches: int, virtual: int) -> None:

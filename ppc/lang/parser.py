@@ -120,9 +120,13 @@ class _ToAst(Transformer):
         if len(placements) > 1:
             raise ScheduleError("a schedule has at most one placement", pos=placements[1].pos)
         placement = placements[0] if placements else ast.Placement(kind="loop", pos=pos)
+        virtuals = [d for d in decls if isinstance(d, tuple)]  # (value, pos) from `virtual`
+        if len(virtuals) > 1:
+            raise ScheduleError("a schedule declares `virtual` at most once", pos=virtuals[1][1])
         return ast.ScheduleDef(
             name=name, doc=doc, params=params, requires=requires,
             placement=placement, body=body, pos=pos,
+            virtual=virtuals[0][0] if virtuals else None,
         )
 
     def header(self, meta, children):
@@ -134,6 +138,12 @@ class _ToAst(Transformer):
     def require(self, meta, children):
         cond, message = children
         return ast.Require(cond=cond, message=str(message)[1:-1], pos=self._at(meta))
+
+    def virtual(self, meta, children):
+        value = int(children[0])
+        if value < 1:
+            raise ScheduleError(f"virtual must be at least 1, got {value}", pos=self._at(children[0]))
+        return value, self._at(meta)
 
     def placement_named(self, meta, children):
         name = str(children[0])
@@ -154,12 +164,16 @@ class _ToAst(Transformer):
         return ast.PerRank(var=str(var), body=block, pos=self._at(meta))
 
     def policy(self, meta, children):
-        split, prefer, limits = False, (), {}
+        split, prefer, limits, when = False, (), {}, []
         for kind, value, pos in children:
             if kind == "split":
                 split = True
             elif kind == "prefer":
                 prefer = value
+            elif kind == "when":
+                if any(w.limit == value.limit for w in when):
+                    raise ScheduleError(f"`when {value.limit} full` is given twice", pos=pos)
+                when.append(value)
             else:
                 if kind in limits:
                     raise ScheduleError(f"{kind} is limited twice", pos=pos)
@@ -168,7 +182,7 @@ class _ToAst(Transformer):
             raise ScheduleError("a policy needs a `prefer` line, e.g. prefer B, F", pos=self._at(meta))
         return ast.Policy(
             split_backward=split, prefer=prefer, inflight=limits.get("inflight"),
-            retained=limits.get("retained"), pos=self._at(meta),
+            retained=limits.get("retained"), pos=self._at(meta), when_full=tuple(when),
         )
 
     def split_backward(self, meta, children):
@@ -179,6 +193,14 @@ class _ToAst(Transformer):
         if len(set(kinds)) != len(kinds):
             raise ScheduleError("prefer lists an op kind twice", pos=self._at(meta))
         return "prefer", kinds, self._at(meta)
+
+    def prefer_when_full(self, meta, children):
+        limit, *kinds = children
+        kinds = tuple(Kind(str(k)) for k in kinds)
+        if len(set(kinds)) != len(kinds):
+            raise ScheduleError("when ... prefer lists an op kind twice", pos=self._at(meta))
+        when = ast.WhenFull(limit=str(limit), prefer=kinds, pos=self._at(meta))
+        return "when", when, self._at(meta)
 
     def limit(self, meta, children):
         return str(children[0]), children[1], self._at(meta)

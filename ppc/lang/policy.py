@@ -13,7 +13,9 @@ Limits, evaluated per rank with `r` bound to the rank: `inflight` counts the ran
 (stage, microbatch) pairs whose F ran and whose I/B has not; `retained` those whose F
 ran and whose W (or B) has not. An F starts only while both are below their limits.
 Ties: preference of the kind (the `prefer` line; unlisted kinds last), then lowest
-microbatch, then lowest stage.
+microbatch, then lowest stage. While a rank's count is at a limit named by a
+`when LIMIT full prefer K, ...` item (the first such item in file order), the kinds
+that item lists come first instead, then the others in `prefer` order.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from ppc.lang.evaluate import Scope, evaluate
 from ppc.lang.placement import Layout
 
 COSTS = {Kind.F: 1, Kind.I: 1, Kind.W: 1, Kind.B: 2}
+LIMITS = ("inflight", "retained")
+"""The per-rank limits, in the order _State.limits holds them."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -54,17 +58,34 @@ def run_policy(
     return state.run()
 
 
-def _preference(policy: ast.Policy) -> dict[Kind, int]:
+def _preference(
+    policy: ast.Policy, first: tuple[Kind, ...] = (), pos: SourcePos | None = None
+) -> dict[Kind, int]:
+    """Kind -> rank in the tie order: `first`, then `prefer`, then F, I, B, W."""
     backward = {Kind.I, Kind.W} if policy.split_backward else {Kind.B}
-    for kind in policy.prefer:
+    for kind in first + policy.prefer:
         if kind != Kind.F and kind not in backward:
-            hint = "without" if policy.split_backward else "with"
+            hint = "with" if policy.split_backward else "without"
             raise ScheduleError(
                 f"prefer lists {kind.value}, which a policy {hint} `split backward` never runs",
-                pos=policy.pos,
+                pos=pos or policy.pos,
             )
-    order = list(policy.prefer) + [k for k in (Kind.F, Kind.I, Kind.B, Kind.W) if k not in policy.prefer]
+    order = list(dict.fromkeys(first + policy.prefer + (Kind.F, Kind.I, Kind.B, Kind.W)))
     return {kind: index for index, kind in enumerate(order)}
+
+
+def _when_full(policy: ast.Policy) -> tuple[tuple[int, dict[Kind, int]], ...]:
+    """(index of the limit: 0 inflight, 1 retained, preference while it is full) per item."""
+    items = []
+    for when in policy.when_full:
+        if getattr(policy, when.limit) is None:
+            raise ScheduleError(
+                f"`when {when.limit} full` needs a `{when.limit} <= ...` limit in the policy",
+                pos=when.pos,
+            )
+        index = LIMITS.index(when.limit)
+        items.append((index, _preference(policy, when.prefer, when.pos)))
+    return tuple(items)
 
 
 class _State:
@@ -77,6 +98,7 @@ class _State:
         self.backward = Kind.I if policy.split_backward else Kind.B
         self.split = policy.split_backward
         self.rank_of_pref = _preference(policy)
+        self.when_full = _when_full(policy)
         self.limits = [self._limits(policy, scope, r) for r in range(layout.ranks)]
         self.next = {k: [0] * self.stages for k in (Kind.F, self.backward, Kind.W)}
         self.finish: dict[tuple[Kind, int, int], int] = {}
@@ -119,7 +141,8 @@ class _State:
         ready = [a for a in self._candidates(rank) if self._ready(rank, a, time)]
         if not ready:
             return False
-        action = min(ready, key=lambda a: (self.rank_of_pref[a.kind], a.mb, a.stage))
+        pref = self._preference_now(rank)
+        action = min(ready, key=lambda a: (pref[a.kind], a.mb, a.stage))
         end = time + COSTS[action.kind]
         self.finish[(action.kind, action.stage, action.mb)] = end
         self.next[action.kind][action.stage] += 1
@@ -127,6 +150,13 @@ class _State:
         self._count(rank, action.kind)
         self.rows[rank].append(Timed(action=action, start=time, end=end))
         return True
+
+    def _preference_now(self, rank: int) -> dict[Kind, int]:
+        counts = (self.inflight[rank], self.retained[rank])
+        for index, pref in self.when_full:
+            if counts[index] >= self.limits[rank][index]:
+                return pref
+        return self.rank_of_pref
 
     def _count(self, rank: int, kind: Kind) -> None:
         if kind == Kind.F:

@@ -14,7 +14,7 @@ from ppc.ir.order import ComputeOrder
 from ppc.lang import ast
 from ppc.lang import placement as placements
 from ppc.lang.csv_format import read_csv
-from ppc.lang.expand import PLACEMENT_OVERRIDES, expand
+from ppc.lang.expand import PLACEMENT_OVERRIDES, default_virtual, expand
 from ppc.lang.parser import parse
 
 
@@ -39,7 +39,8 @@ class Schedule:
         placement: str | None = None,
         params: Mapping[str, int] | None = None,
     ) -> ComputeOrder:
-        """The compute order for R, M, V (V None = 1; for a CSV: checks that given sizes agree)."""
+        """The compute order for R, M, V (V None: the schedule's `virtual N`, else 1; for a CSV:
+        checks that given sizes agree)."""
         if self.fixed is not None:
             return self._check_fixed(ranks, microbatches, virtual, placement, params)
         if ranks is None or microbatches is None:
@@ -48,10 +49,17 @@ class Schedule:
             self.definition,
             ranks=ranks,
             microbatches=microbatches,
-            virtual=1 if virtual is None else virtual,
+            virtual=virtual,
             placement_kind=placement,
             params=params,
         )
+
+    @property
+    def default_virtual(self) -> int:
+        """The V used when none is given: a CSV's own, a .ppc file's `virtual N`, else 1."""
+        if self.fixed is not None:
+            return self.fixed.virtual
+        return default_virtual(self.definition)
 
     def _check_fixed(self, ranks, microbatches, virtual, placement, params) -> ComputeOrder:
         order = self.fixed

@@ -158,7 +158,7 @@ def _calibration_order(schedule: str, *, ranks: int, virtual: int, microbatches:
 def _predict(order, costs, profile) -> float:
     """Simulated step time of the calibration run (its transfers carry the profiled bytes)."""
     from ppc.plan.cost_profile import StageCosts
-    from ppc.plan.predict import simulate_order
+    from ppc.predict import simulate_order
 
     stage_costs = StageCosts(costs=costs, split=profile.split, params=profile.stage_params or (0,) * costs.stages,
                              output_bytes=profile.stage_output_bytes or (0,) * costs.stages)

@@ -285,3 +285,20 @@ def _stage_count(data: dict, layers: tuple[LayerSpec, ...]) -> int | None:
     if data.get("split"):
         return len(data["split"])
     return len(layers) or None
+
+
+_PROFILE_KEYS = ("layers", "split", "stage_output_bytes")
+
+
+def costs_and_graph(spec: str | None, stages: int) -> tuple[CostModel, StageGraph | None]:
+    """The costs `spec` names (a JSON file, inline `F=1,...`, or None for unit costs) and,
+    for a profile file, the chain graph with its stages' transfer bytes."""
+    if spec is None or not (spec.endswith(".json") or Path(spec).is_file()):
+        return CostModel.load(spec, stages), None
+    data = read_costs_json(spec)
+    if not isinstance(data, dict) or not any(key in data for key in _PROFILE_KEYS):
+        return CostModel.load(spec, stages), None
+    own = CostProfile.from_dict(data, source=spec).own_split()
+    if own.costs.stages != stages:
+        return CostModel.load(spec, stages), None  # CostModel names the mismatch
+    return own.costs, own.stage_graph()

@@ -11,6 +11,7 @@ memory cap. torch is never imported.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ class Candidate:
     fits: bool
     source: str = ""
     """The .ppc text for a generated schedule ("" for a built-in)."""
+    csv: str = ""
+    """The compute-only CSV of a searched schedule (`ppc search`; "" otherwise)."""
 
     @property
     def stages(self) -> int:
@@ -78,7 +81,7 @@ class PlanRequest:
 
 def timeline_of(order: ComputeOrder, stage_costs: StageCosts):
     """The simulated step of `order` with these stage costs (compile, validate, simulate)."""
-    from ppc.plan.predict import simulate_order
+    from ppc.predict import simulate_order
 
     return simulate_order(order, stage_costs.costs, stage_costs.stage_graph())
 
@@ -212,6 +215,58 @@ def _auto_zb(costs: StageCosts, profile: CostProfile, request: PlanRequest, virt
                      costs, profile, request, AUTO_ZB, split_kind, b, source=text)
         best = rank(best + found)[:1]
     return best
+
+
+SEARCHED = "search"
+"""Name of the `ppc search` result among the candidates."""
+
+
+def searched(profile: CostProfile, best: Candidate, request: PlanRequest, *, time_limit: float) -> Candidate | None:
+    """`ppc search` on the configuration of `best` (its V, microbatching and split; loop
+    placement for V = 1, V-shape above), within the memory cap less the heaviest rank's
+    weights; None when the search cannot run or finds nothing."""
+    from ppc.lang.csv_format import write_csv
+    from ppc.lang.placement import loop, vshape
+    from ppc.search import MemoryBudget, SearchRequest, search
+
+    costs = profile.grouped(best.split, microbatch_size=best.microbatch_size)
+    placement = "loop" if best.virtual == 1 else "v"
+    layout = (loop if placement == "loop" else vshape)(request.ranks, best.virtual)
+    budget = None
+    if request.memory_cap is not None:
+        weights = _weights_by_rank(layout, costs.params, profile.bytes_per_param, request.ranks)
+        free = tuple(max(0.0, request.memory_cap - w) for w in weights)
+        budget = MemoryBudget(limit=min(free), kind="bytes", per_rank=free)
+    try:
+        result = search(SearchRequest(
+            ranks=request.ranks, microbatches=best.microbatches, virtual=best.virtual, placement=placement,
+            costs=costs.costs, memory=budget, time_limit=time_limit, graph=costs.stage_graph(),
+            starts=_order_of(best, request),
+        ))
+    except PpcError as error:
+        log.info("no searched schedule for %s: %s", best.describe(), error.message)
+        return None
+    found = evaluate(result.order, costs, profile=profile, memory_cap=request.memory_cap, schedule=SEARCHED,
+                     split_kind=best.split_kind, microbatch_size=best.microbatch_size)
+    return dataclasses.replace(found, csv=write_csv(result.order))
+
+
+def _order_of(candidate: Candidate, request: PlanRequest) -> tuple[tuple[str, ComputeOrder], ...]:
+    """The candidate's compute order, as a warm start for the search (empty if it won't expand)."""
+    from ppc.lang import load_schedule
+    from ppc.lang.expand import expand
+    from ppc.lang.parser import parse
+
+    try:
+        if candidate.source:
+            order = expand(parse(candidate.source, f"{candidate.schedule}.ppc"), ranks=request.ranks,
+                           microbatches=candidate.microbatches, virtual=candidate.virtual)
+        else:
+            order = load_schedule(candidate.schedule).expand(ranks=request.ranks, microbatches=candidate.microbatches,
+                                                             virtual=candidate.virtual)
+    except PpcError:
+        return ()
+    return ((candidate.schedule, order),)
 
 
 def _weights_by_rank(placement: Sequence[int], params: Sequence[int], per_param: float, ranks: int) -> tuple[int, ...]:
