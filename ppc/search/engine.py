@@ -165,7 +165,7 @@ def search(request: SearchRequest, *, progress: Progress | None = None) -> Searc
     lower_bound = max(real_bound, solution.bound / res.per_unit + offset)
     log.info("solver %s in %.2f s: objective %s, bound %s ticks (%g ticks per unit)", solution.status,
              solution.wall_time, solution.objective, solution.bound, res.per_unit)
-    best = _best(problem, solution, warm, request, next((c for c in builtins if c.fits), None))
+    best = _best(problem, solution, warm, request, _recomputing_builtin(builtins, problem))
     if best is None:
         raise PpcError(
             f"no schedule found within --time-limit {request.time_limit:g} s under --memory {request.memory}, "
@@ -240,9 +240,20 @@ def _recomputes(order: ComputeOrder) -> bool:
     return any(a.kind.drops for row in order.compute for a in row)
 
 
+def _recomputing_builtin(builtins, problem: Problem) -> Candidate | None:
+    """The fastest fitting built-in that recomputes (so cannot warm-start the solver) and
+    whose other ops are the problem's kinds (no I/W without a split backward)."""
+    kinds = {"F", "I", "W", "B"} if problem.split_backward else {"F", "B"}
+    for c in builtins:
+        names = {a.kind.name for row in c.order.compute for a in row if not a.kind.drops}
+        if c.fits and _recomputes(c.order) and names <= kinds:
+            return c
+    return None
+
+
 def _best(problem: Problem, solution: cpsat.Solution, warm, request: SearchRequest, builtin: Candidate | None):
     """(order, timeline, source) of the fastest of the solver's order, the warm start and the
-    best fitting built-in (which may recompute, and then cannot warm-start the solver)."""
+    best fitting built-in that recomputes (it cannot warm-start the solver)."""
     found = None
     if solution.start is not None:
         order = to_order(problem, solution.start, solution.recomputed)
