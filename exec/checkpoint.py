@@ -3,6 +3,9 @@
 Layout of a resumable checkpoint directory:
     DIR/step-000012/rank-0.pt ...  weights of the rank's stages, optimizer, step, data position
     DIR/latest                     name of the newest complete step directory
+
+`rank` is the pipeline rank and `group` the pipeline's process group (None: the default
+group): with several replicas only replica 0 writes, every replica may read.
 """
 
 from __future__ import annotations
@@ -21,13 +24,13 @@ log = logging.getLogger(__name__)
 __all__ = ["load_rank_state", "save_merged", "save_rank_state"]
 
 
-def _barrier() -> None:
+def _barrier(group=None) -> None:
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        dist.barrier(group=group)
 
 
 def save_rank_state(
-    directory: str, *, step: int, rank: int, modules, optimizer, meta: dict
+    directory: str, *, step: int, rank: int, modules, optimizer, meta: dict, group=None
 ) -> Path:
     """Write this rank's state after `step` steps; rank 0 marks it complete last."""
     step_dir = Path(directory) / f"step-{step:06d}"
@@ -43,7 +46,7 @@ def save_rank_state(
     tmp = step_dir / f"rank-{rank}.pt.tmp"
     torch.save(state, tmp)
     tmp.replace(step_dir / f"rank-{rank}.pt")
-    _barrier()
+    _barrier(group)
     if rank == 0:
         (Path(directory) / "latest").write_text(step_dir.name + "\n")
     log.info("checkpoint: rank %s wrote %s", rank, step_dir)
@@ -80,24 +83,24 @@ def load_rank_state(directory: str, *, rank: int, modules, optimizer, meta: dict
     return int(state["step"])
 
 
-def save_merged(directory: str, *, model: str, rank: int, named: dict[str, torch.Tensor]) -> None:
+def save_merged(directory: str, *, model: str, rank: int, named: dict[str, torch.Tensor], group=None) -> None:
     """Gather every rank's full-model-named weights into DIR as a Hugging Face checkpoint
     (config.json + model.safetensors) that AutoModelForCausalLM.from_pretrained loads."""
     out = Path(directory)
     parts = out / ".ppc-parts"
     parts.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.detach().float().cpu() for k, v in named.items()}, parts / f"rank-{rank}.pt")
-    _barrier()
+    _barrier(group)
     if rank == 0:
         # only this run's ranks: a reused DIR may hold parts of an earlier, wider run
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        world = dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
         files = [parts / f"rank-{r}.pt" for r in range(world)]
         merged: dict[str, torch.Tensor] = {}
         for part in files:
             merged.update(torch.load(part, map_location="cpu", weights_only=True))
         write_hf(out, model=model, weights=merged)
         shutil.rmtree(parts)
-    _barrier()
+    _barrier(group)
 
 
 def write_hf(out: Path, *, model: str, weights: dict[str, torch.Tensor]) -> None:

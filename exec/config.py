@@ -17,7 +17,10 @@ class RunConfig:
     schedule: str = "1f1b"
     """Built-in schedule name, .ppc file or torch compute-only .csv file."""
     ranks: int = 4
-    """Pipeline ranks R; the world size must equal it."""
+    """Pipeline ranks R; the world size must equal dp * R."""
+    dp: int = 1
+    """Pipeline replicas D (the mesh's "dp" dimension, exec/mesh.py). For now replicas train
+    on the same data without reducing gradients between them."""
     virtual: int | None = None
     """Stages per rank V (S = R * V); None: the schedule's own (`virtual N`), else 1."""
     placement: str | None = None
@@ -54,7 +57,7 @@ class RunConfig:
     """Seconds a collective or point-to-point op may wait before the run fails."""
 
     def __post_init__(self) -> None:
-        for name in ("ranks", "virtual", "microbatches", "microbatch_size", "seq_len", "steps"):
+        for name in ("ranks", "dp", "virtual", "microbatches", "microbatch_size", "seq_len", "steps"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise RunError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.dtype not in ("fp32", "bf16"):

@@ -3,6 +3,8 @@
 Receives land in buffers from a pool keyed by (shape, dtype), filled from the tensor
 specs of the program; after the first step no receive allocates. A `Pending` is what a
 group left in flight: waited only when an op needs one of its tensors, or at the step end.
+Peers are pipeline ranks, as the program names them; the transport addresses them through
+the pipeline's process group (exec/mesh.py), so a pipeline need not be the whole world.
 """
 
 from __future__ import annotations
@@ -68,11 +70,24 @@ class Pending:
 
 
 class Transport:
-    """Posts sends and receives of one group as a single batch_isend_irecv."""
+    """Posts sends and receives of one group as a single batch_isend_irecv.
 
-    def __init__(self, *, device: torch.device, pool: BufferPool):
+    `group` is the pipeline's process group: a peer is a rank in it. None: peers are
+    global ranks of the default group."""
+
+    def __init__(self, *, device: torch.device, pool: BufferPool, group=None):
         self.device = device
         self.pool = pool
+        self.group = group
+        self._global: dict[int, int] = {}
+
+    def global_rank(self, peer: int) -> int:
+        """The global rank of pipeline rank `peer` (what P2POp's `peer` means)."""
+        if self.group is None:
+            return peer
+        if peer not in self._global:
+            self._global[peer] = dist.get_global_rank(self.group, peer)
+        return self._global[peer]
 
     def post(
         self,
@@ -80,7 +95,7 @@ class Transport:
         recvs: list[tuple[int, list[torch.Tensor]]],
     ) -> Pending:
         """Post all `(peer, tensors)` sends and receives (into the given buffers) at once."""
-        ops = [dist.P2POp(dist.isend, t, peer) for peer, ts in sends for t in ts]
-        ops += [dist.P2POp(dist.irecv, t, peer) for peer, ts in recvs for t in ts]
+        ops = [dist.P2POp(dist.isend, t, self.global_rank(p), self.group) for p, ts in sends for t in ts]
+        ops += [dist.P2POp(dist.irecv, t, self.global_rank(p), self.group) for p, ts in recvs for t in ts]
         works = dist.batch_isend_irecv(ops) if ops else []
         return Pending(works=[w for w in works if w is not None])

@@ -111,7 +111,10 @@ class RankRuntime:
         on_step: Callable[[], None] | None = None,
         observer: Callable[[int, Instruction], None] | None = None,
         trace: bool = False,
+        group=None,
     ):
+        """`rank` is this process's pipeline rank; `group` the pipeline's process group,
+        through which peers are addressed (None: the pipeline is the default group)."""
         self.program, self.split, self.rank = program, split, rank
         self.modules, self.device, self.autocast_dtype = modules, device, autocast_dtype
         self.instructions = program.instructions[rank]
@@ -119,7 +122,7 @@ class RankRuntime:
         self.values = {v.name: v for v in split.graph.values}
         self.params = {s: [p for p in m.parameters() if p.requires_grad] for s, m in modules.items()}
         self.pool = BufferPool(device)
-        self.transport = Transport(device=device, pool=self.pool)
+        self.transport = Transport(device=device, pool=self.pool, group=group)
         self._preallocate()
         self._on_reduce_tied, self._on_step, self._observer = on_reduce_tied, on_step, observer
         self._uses = self._count_uses()

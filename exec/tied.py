@@ -4,6 +4,7 @@ Stages of one rank share one Parameter object, so autograd sums their gradients 
 optimizer updates the weight once. Ranks hold one copy each; after the backward their
 gradients are summed across the owning ranks, so every copy takes the same optimizer
 step. For the global gradient norm only the copy on the lowest stage counts.
+Owner groups are made of pipeline ranks of this replica (`PipelineMesh.subgroup`).
 """
 
 from __future__ import annotations
@@ -26,15 +27,16 @@ class _Tied:
 
 
 class TiedReducer:
-    """Sums tied-weight gradients; every rank must construct it (it creates groups)."""
+    """Sums tied-weight gradients; every process of the world must construct it, in the
+    same order (it creates groups). `rank` is the pipeline rank."""
 
-    def __init__(self, *, graph, stages, placement, rank: int, modules: dict[int, torch.nn.Module]):
+    def __init__(self, *, graph, stages, placement, rank: int, modules: dict[int, torch.nn.Module], mesh):
         self._tied: list[_Tied] = []
         self._secondary: set[int] = set()
         self._done: set[str] = set()
         for tied in graph.tied:
             owners = sorted({placement[s] for s in tied.stages})
-            group = dist.new_group(ranks=owners) if len(owners) > 1 else None
+            group = mesh.subgroup(owners) if len(owners) > 1 else None
             if rank not in owners:
                 continue
             local = [s for s in tied.stages if placement[s] == rank]

@@ -5,7 +5,9 @@ into FILE after a barrier (open it in chrome://tracing or Perfetto). Each slice 
 `args.rank` and `args.step` (0-based: a rank's slices up to and including its STEP
 instruction belong to that step), which `ppc simulate --against` reads, and `args.cpu_ms`,
 the CPU time the rank's thread spent in the slice (less than its length when the rank
-waited, or shared a core), which `ppc profile --ranks` reads.
+waited, or shared a core), which `ppc profile --ranks` reads. `rank` is the pipeline rank
+and `group` the pipeline's process group (None: the default group); with several
+replicas only replica 0 writes a trace.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch.distributed as dist
 __all__ = ["write_trace"]
 
 
-def write_trace(path: str, *, rank: int, records: list[tuple[str, float, float, float]]) -> None:
+def write_trace(path: str, *, rank: int, records: list[tuple[str, float, float, float]], group=None) -> None:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     events = [
@@ -38,11 +40,11 @@ def write_trace(path: str, *, rank: int, records: list[tuple[str, float, float, 
     part = target.with_name(f"{target.name}.rank-{rank}.json")
     part.write_text(json.dumps(events))
     if dist.is_initialized():
-        dist.barrier()
+        dist.barrier(group=group)
     if rank != 0:
         return
     merged = []
-    for r in range(dist.get_world_size() if dist.is_initialized() else 1):
+    for r in range(dist.get_world_size(group) if dist.is_initialized() else 1):
         piece = target.with_name(f"{target.name}.rank-{r}.json")
         merged.extend(json.loads(piece.read_text()))
         piece.unlink()

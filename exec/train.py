@@ -1,5 +1,9 @@
 """The pipeline training loop of one rank: build its stages, run the program every step,
-reduce tied weights, clip by the global norm, step AdamW, report, checkpoint."""
+reduce tied weights, clip by the global norm, step AdamW, report, checkpoint.
+
+The rank's place in the run comes from a `PipelineMesh` (exec/mesh.py): its pipeline rank
+picks its program, and every collective goes through the group the mesh hands out.
+Replica 0 alone writes metrics and checkpoints."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import torch.distributed as dist
 from ppc.exec.checkpoint import load_rank_state, save_merged, save_rank_state
 from ppc.exec.config import RunConfig
 from ppc.exec.data import load_data, load_tokenizer
+from ppc.exec.mesh import PipelineMesh, build_mesh
 from ppc.exec.metrics import MetricsWriter, StepMetrics
 from ppc.exec.optim import clip_by_norm, lr_at, make_adamw, squared_norm
 from ppc.exec.plan import Plan
@@ -27,8 +32,10 @@ __all__ = ["RankResult", "autocast_dtype", "train_pipeline"]
 @dataclass(slots=True, kw_only=True)
 class RankResult:
     rank: int
+    """The pipeline rank."""
+    replica: int = 0
     history: list[StepMetrics] = field(default_factory=list)
-    """Filled on the rank that computes the loss."""
+    """Filled on the rank that computes the loss (of every replica)."""
     runtime: RankRuntime | None = None
     modules: dict[int, torch.nn.Module] = field(default_factory=dict)
     """This rank's stage modules after training."""
@@ -51,17 +58,22 @@ def train_pipeline(
     device: torch.device,
     on_metrics: Callable[[StepMetrics], None] | None = None,
     observer=None,
+    mesh: PipelineMesh | None = None,
 ) -> RankResult:
-    """Train on this rank (torch.distributed must be initialized with world = R)."""
+    """Train on this rank. torch.distributed must be initialized with world = dp x R;
+    `mesh` None builds the (config.dp, R) mesh (collective: every rank calls it)."""
     program, split = plan.program, plan.split
-    rank = dist.get_rank()
+    if mesh is None:
+        mesh = build_mesh(dp=config.dp, pp=program.ranks, device_type=device.type)
+    rank, pp_group = mesh.rank, mesh.pp_group
     torch.manual_seed(config.seed + rank)
     mine = [s for s, r in enumerate(program.placement) if r == rank]
     modules = {s: plan.materialize(s, device) for s in mine}
     for module in modules.values():
         module.train()
     tied = TiedReducer(
-        graph=split.graph, stages=split.stages, placement=program.placement, rank=rank, modules=modules
+        graph=split.graph, stages=split.stages, placement=program.placement, rank=rank, modules=modules,
+        mesh=mesh,
     )
     # dict.fromkeys: a tied weight shared by two local stages is one parameter
     params = list(dict.fromkeys(p for s in mine for p in modules[s].parameters() if p.requires_grad))
@@ -78,7 +90,9 @@ def train_pipeline(
     def on_step() -> None:
         tied.finish_step()
         counted = [p for p in params if tied.counts_in_norm(p)]
-        norm_box[0] = clip_by_norm(params, squared_norm(counted).to(device), config.clip, reduce=_all_sum)
+        squared = squared_norm(counted).to(device)
+        # over pp, not the mesh: replicas hold equal gradients (see exec/mesh.py)
+        norm_box[0] = clip_by_norm(params, squared, config.clip, reduce=lambda t: _all_sum(t, pp_group))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -93,12 +107,14 @@ def train_pipeline(
         on_step=on_step,
         observer=observer,
         trace=config.trace is not None,
+        group=pp_group,
     )
     loss_rank = program.placement[program.stages - 1]
+    reports = rank == loss_rank and mesh.replica == 0
     writer = None
-    if rank == loss_rank and config.metrics:
+    if reports and config.metrics:
         writer = MetricsWriter(config.metrics, append=bool(config.resume))
-    result = RankResult(rank=rank, runtime=runtime, modules=modules)
+    result = RankResult(rank=rank, replica=mesh.replica, runtime=runtime, modules=modules)
     try:
         for step in range(start, config.steps):
             lr = lr_at(step, lr=config.lr, warmup=config.warmup, steps=config.steps, min_ratio=config.min_lr_ratio)
@@ -125,28 +141,29 @@ def train_pipeline(
                 result.history.append(record)
                 if writer is not None:
                     writer.write(record)
-                if on_metrics is not None:
+                if on_metrics is not None and reports:
                     on_metrics(record)
-            if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
+            if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and mesh.replica == 0:
                 directory = config.checkpoint_dir or "checkpoints"
                 save_rank_state(
-                    directory, step=step + 1, rank=rank, modules=modules, optimizer=optimizer, meta=meta
+                    directory, step=step + 1, rank=rank, modules=modules, optimizer=optimizer, meta=meta,
+                    group=pp_group,
                 )
     finally:
         if writer is not None:
             writer.close()
-    if config.save:
+    if config.save and mesh.replica == 0:
         named = {
             split.stages[s].param_names.get(local, local): p
             for s in mine
             for local, p in modules[s].named_parameters()
         }
-        save_merged(config.save, model=plan.model, rank=rank, named=named)
+        save_merged(config.save, model=plan.model, rank=rank, named=named, group=pp_group)
     return result
 
 
-def _all_sum(tensor: torch.Tensor) -> torch.Tensor:
-    dist.all_reduce(tensor)
+def _all_sum(tensor: torch.Tensor, group) -> torch.Tensor:
+    dist.all_reduce(tensor, group=group)
     return tensor
 
 

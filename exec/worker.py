@@ -1,4 +1,5 @@
-"""One rank of `ppc run`: join the process group, build the plan, train, write the trace."""
+"""One rank of `ppc run`: join the process group, build the mesh and the plan, train, write
+the trace. The world is dp x R ranks (exec/mesh.py); with dp = 1 it is one pipeline."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import torch
 import torch.distributed as dist
 from ppc.exec.config import RunConfig
+from ppc.exec.mesh import MeshLayout, build_mesh
 from ppc.exec.plan import build_plan
 from ppc.exec.trace import write_trace
 from ppc.exec.train import train_pipeline
@@ -24,22 +26,27 @@ __all__ = ["start_worker"]
 def start_worker(config: RunConfig, *, board, on_metrics=None, fault: str | None = None) -> int:
     """Train as rank RANK of WORLD_SIZE (set by torchrun); returns the exit code."""
     world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
-    if world != config.ranks:
+    layout = MeshLayout(dp=config.dp, pp=config.ranks)
+    if world != layout.world:
+        replicas = f" x dp {config.dp}" if config.dp > 1 else ""
         raise RunError(
-            f"world size {world} != schedule ranks {config.ranks}: start {config.ranks} processes "
-            f"or pass --ranks {world}"
+            f"world size {world} != schedule ranks {config.ranks}{replicas}: start {layout.world} "
+            f"processes or pass --ranks {world // config.dp or 1}"
         )
     device = _device(config)
     backend = "nccl" if device.type == "cuda" else "gloo"
     timeout = datetime.timedelta(seconds=config.timeout)
     dist.init_process_group(backend, timeout=timeout)
     check = torch.ones(1, device=device)
-    dist.all_reduce(check)  # every rank is up; NCCL's first P2P batch needs a prior collective
+    dist.all_reduce(check)  # every rank is up
+    mesh = build_mesh(dp=config.dp, pp=config.ranks, device_type=device.type)
+    dist.all_reduce(check, group=mesh.pp_group)  # NCCL's first P2P batch needs a prior collective
     plan = build_plan(config)
     observer = board.update if fault is None else _with_fault(board, rank, fault)
-    result = train_pipeline(config, plan, device=device, on_metrics=on_metrics, observer=observer)
-    if config.trace:
-        write_trace(config.trace, rank=rank, records=result.runtime.trace_records or [])
+    result = train_pipeline(config, plan, device=device, on_metrics=on_metrics, observer=observer, mesh=mesh)
+    if config.trace and mesh.replica == 0:
+        records = result.runtime.trace_records or []
+        write_trace(config.trace, rank=mesh.rank, records=records, group=mesh.pp_group)
     board.update(config.steps, "done")
     return 0
 
@@ -52,7 +59,8 @@ def _device(config: RunConfig) -> torch.device:
         torch.cuda.set_device(local)
         return torch.device("cuda", local)
     # ranks on one host would each start a thread per core; share the cores instead
-    torch.set_num_threads(threads_per_rank(int(os.environ.get("LOCAL_WORLD_SIZE", config.ranks))))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", config.dp * config.ranks))
+    torch.set_num_threads(threads_per_rank(local))
     return torch.device("cpu")
 
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import ppc
 
 from ppc.cli import main
 
@@ -23,8 +21,7 @@ RUN = ["run", "--model", "tiny-llama", "--schedule", "1f1b", "--ranks", "4", "--
 @pytest.fixture(scope="module")
 def trace(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("against") / "trace.json"
-    done = subprocess.run([sys.executable, "-m", "ppc", *RUN, "--trace", str(path)], capture_output=True,
-                          text=True, timeout=300, env=dict(os.environ), check=False)
+    done = ppc(*RUN, "--trace", str(path))
     assert done.returncode == 0, done.stderr[-2000:]
     return str(path)
 
@@ -36,6 +33,7 @@ def simulate(capsys, *args: str) -> tuple[int, str, str]:
     return exit_info.value.code, out, err
 
 
+@pytest.mark.slow  # the trace fixture runs 4 gloo ranks
 def test_trace_events_carry_rank_and_step(trace):
     events = [e for e in json.loads(Path(trace).read_text())["traceEvents"] if e["ph"] == "X"]
     assert {e["args"]["rank"] for e in events} == {0, 1, 2, 3}
@@ -49,6 +47,7 @@ def test_trace_events_carry_rank_and_step(trace):
     assert sum(e["args"]["cpu_ms"] for e in waits) < 0.5 * sum(e["dur"] / 1e3 for e in waits)
 
 
+@pytest.mark.slow  # the trace fixture runs 4 gloo ranks
 def test_waits_for_receives_are_their_own_slices(trace):
     events = [e for e in json.loads(Path(trace).read_text())["traceEvents"] if e["ph"] == "X"]
     waits = [e for e in events if e["cat"] == "wait"]
@@ -60,6 +59,7 @@ def test_waits_for_receives_are_their_own_slices(trace):
         assert (wait["args"]["rank"], wait["args"]["step"], wait["name"].split()[1]) in compute
 
 
+@pytest.mark.slow  # the trace fixture runs 4 gloo ranks
 def test_table_has_rank_rows_and_finite_error(trace, capsys):
     code, out, _ = simulate(capsys, "1f1b", "-r", "4", "-m", "4", "--against", trace, "--width", "40")
     assert code == 0
@@ -71,6 +71,7 @@ def test_table_has_rank_rows_and_finite_error(trace, capsys):
     assert "not seconds" in out  # default costs are unit-less: the CLI says so
 
 
+@pytest.mark.slow  # the trace fixture runs 4 gloo ranks
 def test_json_against_with_costs_in_seconds(trace, capsys, tmp_path):
     costs = tmp_path / "costs.json"
     costs.write_text(json.dumps({"unit": "s", "F": 0.01, "I": 0.01, "W": 0.01}))
@@ -92,6 +93,7 @@ def test_json_against_with_costs_in_seconds(trace, capsys, tmp_path):
         assert row["predicted"]["busy"] == pytest.approx(4 * 0.03)
 
 
+@pytest.mark.slow  # the trace fixture runs 4 gloo ranks
 def test_picture_draws_the_measured_step_under_the_prediction(trace, capsys, tmp_path):
     out = tmp_path / "against.svg"
     code, _, _ = simulate(capsys, "1f1b", "-r", "4", "-m", "4", "--against", trace, "--out", str(out))
@@ -99,6 +101,7 @@ def test_picture_draws_the_measured_step_under_the_prediction(trace, capsys, tmp
     assert code == 0 and "measured (trace, one step)" in svg and "prediction error" in svg
 
 
+@pytest.mark.slow  # the trace fixture runs 4 gloo ranks
 def test_trace_with_other_ranks_is_one_line_exit_2(trace, capsys):
     code, _, err = simulate(capsys, "1f1b", "-r", "2", "-m", "4", "--against", trace)
     assert code == 2

@@ -7,14 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import ppc
+
 from ppc.lang import builtin_schedules
-
-
-def ppc(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ppc", *args],
-        check=False, capture_output=True, text=True, cwd=cwd, timeout=60,
-    )
 
 
 def test_json_output_has_the_agreed_record() -> None:

@@ -1,16 +1,11 @@
 """`ppc compile --model` and `ppc simulate --model`: lowering against a real split."""
 
 import json
-import subprocess
-import sys
 
 import pytest
+from conftest import ppc
 
 ARGS = ["--model", "tiny-llama", "--ranks", "4", "--microbatches", "4", "--seq-len", "32"]
-
-
-def ppc(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ppc", *args], capture_output=True, text=True, timeout=300, check=False)
 
 
 @pytest.fixture(scope="module")

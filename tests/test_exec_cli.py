@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+from conftest import ppc
 
 from ppc.cli import main
 
@@ -37,17 +38,13 @@ def test_bad_input_is_one_line_and_exit_2(extra, needle, capsys):
     assert "Traceback" not in err
 
 
-def _ppc(*args, env=None, timeout=240):
-    return subprocess.run([sys.executable, "-m", "ppc", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})}, check=False)
-
-
+@pytest.mark.slow
 def test_cli_pipeline_equals_reference(tmp_path):
     common = [*BASE, "--schedule", "zb_h1", "--steps", "3", "--lr", "1e-3"]
-    pipe = _ppc(*common, "--nproc-per-node", "4", "--metrics", str(tmp_path / "p.jsonl"),
+    pipe = ppc(*common, "--nproc-per-node", "4", "--metrics", str(tmp_path / "p.jsonl"),
                 "--trace", str(tmp_path / "t.json"))
     assert pipe.returncode == 0, pipe.stderr[-2000:]
-    ref = _ppc(*common, "--reference", "--metrics", str(tmp_path / "r.jsonl"))
+    ref = ppc(*common, "--reference", "--metrics", str(tmp_path / "r.jsonl"))
     assert ref.returncode == 0, ref.stderr[-2000:]
     p = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
     r = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
@@ -57,14 +54,16 @@ def test_cli_pipeline_equals_reference(tmp_path):
     assert {e["pid"] for e in trace["traceEvents"]} == {0, 1, 2, 3}
 
 
+@pytest.mark.slow
 def test_injected_exception_names_rank_and_instruction(tmp_path):
-    result = _ppc(*BASE, "--schedule", "1f1b", "--steps", "3", "--nproc-per-node", "4",
+    result = ppc(*BASE, "--schedule", "1f1b", "--steps", "3", "--nproc-per-node", "4",
                   env={"PPC_FAULT_AT": "2:2:2F1", "PPC_STATUS_DIR": str(tmp_path)})
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert "rank 2 failed at instruction 2F1 (step 2)" in last
 
 
+@pytest.mark.slow
 def test_killed_rank_ends_the_run_in_bounded_time(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "ppc", *BASE, "--schedule", "1f1b", "--steps", "100000",
@@ -92,6 +91,7 @@ def test_killed_rank_ends_the_run_in_bounded_time(tmp_path):
     assert "rank 2 was killed by SIGKILL at instruction" in err.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_benchmark_script_on_cpu(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(

@@ -15,14 +15,17 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import free_port, init_gloo
 from ppc.exec.config import RunConfig
 from ppc.exec.plan import build_plan
 from ppc.exec.reference import train_reference
 from ppc.exec.train import train_pipeline
-from test_exec_fixture import ToyLM, free_port, init_gloo, toy_loss, toy_plan
+from toy_model import ToyLM, toy_loss, toy_plan
 
 from ppc.lang import load_schedule
 from ppc.lang.csv_format import write_csv
+
+pytestmark = pytest.mark.slow  # 4 gloo ranks train every schedule
 
 WORLD = 4
 CONFIG = RunConfig(

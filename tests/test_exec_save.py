@@ -15,12 +15,14 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import free_port, init_gloo
 from ppc.exec.config import RunConfig
 from ppc.exec.data import load_data, load_tokenizer
 from ppc.exec.plan import build_plan
 from ppc.exec.reference import hf_loss, train_reference
 from ppc.exec.train import train_pipeline
-from test_exec_fixture import free_port, init_gloo
+
+pytestmark = pytest.mark.slow  # 4 gloo ranks train and save
 
 WORLD = 4
 BASE = RunConfig(

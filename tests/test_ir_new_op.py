@@ -4,13 +4,11 @@ from a plugin module compiles, verifies, simulates and runs, with no other modul
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import ppc
 
 from ppc.costs import CostModel
 from ppc.errors import ValidationError
@@ -62,7 +60,7 @@ SCHEDULE = textwrap.dedent('''
 def plugin(tmp_path: Path):
     (tmp_path / "toy_note_op.py").write_text(PLUGIN)
     (tmp_path / "noted.ppc").write_text(SCHEDULE)
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "PPC_PLUGINS": "toy_note_op"}
+    env = {"PYTHONPATH": str(tmp_path), "PPC_PLUGINS": "toy_note_op"}
     return tmp_path, env
 
 
@@ -122,9 +120,7 @@ def test_plugin_op_compiles_and_simulates_from_the_command_line(plugin, register
     from ppc.lang import load_schedule
 
     tmp_path, env = plugin
-    run = subprocess.run([sys.executable, "-m", "ppc", "simulate", str(tmp_path / "noted.ppc"),
-                          "-r", "2", "-m", "4", "--json"], capture_output=True, text=True,
-                         env=env, timeout=120, check=False)
+    run = ppc("simulate", str(tmp_path / "noted.ppc"), "-r", "2", "-m", "4", "--json", env=env)
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
     in_process = simulate(compile_program(load_schedule(str(tmp_path / "noted.ppc")).expand(
@@ -144,8 +140,7 @@ def test_plugin_op_runs_on_two_ranks_equal_to_the_reference(plugin):
     runs = {}
     for name, extra in (("pipe", ["--nproc-per-node", "2"]), ("ref", ["--reference"])):
         metrics = tmp_path / f"{name}.jsonl"
-        done = subprocess.run([sys.executable, "-m", "ppc", *common, *extra, "--metrics", str(metrics)],
-                              capture_output=True, text=True, env=env, timeout=400, check=False)
+        done = ppc(*common, *extra, "--metrics", str(metrics), env=env, timeout=400)
         assert done.returncode == 0, done.stderr[-2000:]
         runs[name] = [json.loads(line)["loss"] for line in metrics.read_text().splitlines()]
     assert runs["pipe"] == pytest.approx(runs["ref"], rel=1e-4)

@@ -9,22 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import ppc
 
 from ppc.compiler import compile_program
 from ppc.ir.program import Program, TensorSpec, format_program
 from ppc.ir.stage_graph import StageGraph, StageValue, TiedWeight, synthetic_chain
 from ppc.lang import load_schedule
-
-
-def ppc_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ppc", *args], capture_output=True, text=True,
-                          timeout=120, check=False)
-
 
 GOLDEN = Path(__file__).parent / "golden" / "programs"
 CASES = [("1f1b", 4, 8, 1), ("interleaved_1f1b", 2, 4, 2), ("zb_h1", 3, 4, 1), ("zbv", 2, 4, 2),
@@ -70,23 +63,23 @@ def test_program_and_graph_round_trip_through_json(graph) -> None:
 
 
 def test_simulate_reads_a_compiled_program(tmp_path: Path) -> None:
-    compiled = ppc_cli("compile", "interleaved_1f1b", "-r", "4", "-m", "8", "--virtual", "2", "--format", "json")
+    compiled = ppc("compile", "interleaved_1f1b", "-r", "4", "-m", "8", "--virtual", "2", "--format", "json")
     assert compiled.returncode == 0, compiled.stderr
     path = tmp_path / "program.json"
     path.write_text(compiled.stdout)
-    from_file = ppc_cli("simulate", str(path), "--json")
-    from_schedule = ppc_cli("simulate", "interleaved_1f1b", "-r", "4", "-m", "8", "--virtual", "2", "--json")
+    from_file = ppc("simulate", str(path), "--json")
+    from_schedule = ppc("simulate", "interleaved_1f1b", "-r", "4", "-m", "8", "--virtual", "2", "--json")
     assert from_file.returncode == 0, from_file.stderr
     a, b = json.loads(from_file.stdout), json.loads(from_schedule.stdout)
     assert a["makespan"] == b["makespan"] and a["bubble"] == b["bubble"]
 
 
 def test_a_broken_program_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    compiled = ppc_cli("compile", "1f1b", "-r", "2", "-m", "2", "--format", "json")
+    compiled = ppc("compile", "1f1b", "-r", "2", "-m", "2", "--format", "json")
     data = json.loads(compiled.stdout)
     data["program"]["instructions"][1] = data["program"]["instructions"][1][1:]  # drop rank 1's first op
     path = tmp_path / "broken.json"
     path.write_text(json.dumps(data))
-    result = ppc_cli("simulate", str(path))
+    result = ppc("simulate", str(path))
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1

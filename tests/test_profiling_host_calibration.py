@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 
 import pytest
+from conftest import ppc
 from ppc.sim.timeline import simulate
 
 from ppc.compiler.lower import lower
@@ -78,14 +77,12 @@ def test_threads_per_rank_splits_the_cores_unless_omp_says(monkeypatch):
     assert threads_per_rank(4) == 3
 
 
+@pytest.mark.slow
 def test_profile_ranks_calibrates_on_this_host(tmp_path):
     """A real calibration run: 2 gloo ranks of tiny-llama under gpipe."""
     out = tmp_path / "costs.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "ppc", "profile", "--model", "tiny-llama", "--stages", "2", "--seq-len", "16",
-         "--no-layers", "--warmup", "1", "--repeats", "3", "--ranks", "2", "-o", str(out)],
-        check=False, capture_output=True, text=True, timeout=600,
-    )
+    done = ppc("profile", "--model", "tiny-llama", "--stages", "2", "--seq-len", "16", "--no-layers",
+               "--warmup", "1", "--repeats", "3", "--ranks", "2", "-o", str(out), timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "calibration run: gpipe (V=1) on 2 ranks" in done.stdout
     profile = CostProfile.load(out)
@@ -113,10 +110,7 @@ def test_profile_ranks_needs_stages_a_multiple_of_ranks():
 
 
 def test_profile_ranks_on_cuda_is_one_line_exit_2(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "ppc", "profile", "--model", "tiny-llama", "--stages", "2", "--device", "cuda",
-         "--ranks", "2", "-o", str(tmp_path / "c.json")],
-        check=False, capture_output=True, text=True, timeout=120,
-    )
+    done = ppc("profile", "--model", "tiny-llama", "--stages", "2", "--device", "cuda", "--ranks", "2",
+               "-o", str(tmp_path / "c.json"), timeout=120)
     assert done.returncode == 2 and "--ranks needs --device cpu" in done.stderr
     assert "Traceback" not in done.stderr

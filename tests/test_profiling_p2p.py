@@ -14,6 +14,7 @@ from ppc.errors import CostError
 from ppc.measure.p2p import measure_p2p
 
 
+@pytest.mark.slow
 def test_profile_with_p2p_writes_comm(tmp_path, capsys):
     out = tmp_path / "costs.json"
     with pytest.raises(SystemExit) as exit_info:
@@ -31,6 +32,7 @@ def test_profile_with_p2p_writes_comm(tmp_path, capsys):
     assert costs.transfer(2**20) == pytest.approx(latency + 2**20 / bandwidth)
 
 
+@pytest.mark.slow
 def test_large_message_takes_longer_than_latency():
     result = measure_p2p("cpu", large_bytes=4 * 2**20, repeats=3, warmup=1)
     assert result.backend == "gloo" and result.large_bytes == 4 * 2**20

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from ppc.cli import main
 from ppc.costs import CostModel
 from ppc.plan.cost_profile import CostProfile
 
-frontend = pytest.importorskip("ppc.frontend")
-if not hasattr(frontend, "build_split"):
-    pytest.skip("ppc.frontend.build_split is not there yet", allow_module_level=True)
 
-
+@pytest.mark.slow  # a profile run
 def test_profile_tiny_llama_cli(tmp_path):
-    from ppc.cli import main
-
     out = tmp_path / "costs.json"
     with pytest.raises(SystemExit) as exit_info:
         main(["profile", "--model", "tiny-llama", "--stages", "2", "--seq-len", "16", "--warmup", "1",

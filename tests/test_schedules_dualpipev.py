@@ -4,11 +4,10 @@ in torch's spelling, the `overlap` cost, memory and dependencies of both parts."
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import ppc
 from ppc.sim.timeline import simulate
 from torch.distributed.pipelining import _schedule_visualizer as visualizer
 from torch.distributed.pipelining.schedules import _Action
@@ -99,14 +98,11 @@ def test_language_statement_takes_stages_or_stages_and_microbatches(tmp_path: Pa
         caught.value)
 
 
-def test_default_virtual_and_contradiction(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "ppc", "simulate", "dualpipev", "-r", "4", "-m", "8",
-                             "--json"], capture_output=True, text=True, check=False)
+def test_default_virtual_and_contradiction() -> None:
+    result = ppc("simulate", "dualpipev", "-r", "4", "-m", "8", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["makespan"] > 0
-    few = subprocess.run([sys.executable, "-m", "ppc", "compile", "dualpipev", "-r", "4", "-m", "6"],
-                         capture_output=True, text=True, check=False)
+    few = ppc("compile", "dualpipev", "-r", "4", "-m", "6")
     assert few.returncode == 2 and "M >= 2 * R" in few.stderr and "dualpipev.ppc:6:" in few.stderr
-    three = subprocess.run([sys.executable, "-m", "ppc", "compile", "dualpipev", "-r", "4", "-m", "8",
-                            "--virtual", "3"], capture_output=True, text=True, check=False)
+    three = ppc("compile", "dualpipev", "-r", "4", "-m", "8", "--virtual", "3")
     assert three.returncode == 2 and "dualpipev.ppc:5:" in three.stderr

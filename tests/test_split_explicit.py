@@ -5,13 +5,11 @@ alone), and `ppc plan` handing the planned split to `ppc run`."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
+from conftest import ppc
 
 from ppc.cli import main
 from ppc.errors import ModelError
@@ -128,31 +126,28 @@ def test_run_with_a_bad_split_exits_2_with_one_line(value, needle, capsys):
     assert needle in err and "\n" not in err and "Traceback" not in err
 
 
-def test_run_with_explicit_split_equals_reference(tmp_path):
-    def ppc(*args):
-        done = subprocess.run([sys.executable, "-m", "ppc", *args], capture_output=True, text=True,
-                              timeout=300, env=dict(os.environ), check=False)
-        assert done.returncode == 0, done.stderr[-2000:]
+def _ppc_ok(*args: str) -> None:
+    done = ppc(*args)
+    assert done.returncode == 0, done.stderr[-2000:]
 
+
+@pytest.mark.slow
+def test_run_with_explicit_split_equals_reference(tmp_path):
     common = [*RUN, "--steps", "2", "--lr", "1e-3"]
-    ppc(*common, "--split", "1,3,3,1", "--nproc-per-node", "4", "--metrics", str(tmp_path / "p.jsonl"))
-    ppc(*common, "--reference", "--metrics", str(tmp_path / "r.jsonl"))
+    _ppc_ok(*common, "--split", "1,3,3,1", "--nproc-per-node", "4", "--metrics", str(tmp_path / "p.jsonl"))
+    _ppc_ok(*common, "--reference", "--metrics", str(tmp_path / "r.jsonl"))
     pipe, ref = ([json.loads(x)["loss"] for x in (tmp_path / f).read_text().splitlines()]
                  for f in ("p.jsonl", "r.jsonl"))
     assert pipe == pytest.approx(ref, rel=1e-4) and len(pipe) == 2
 
 
+@pytest.mark.slow
 def test_run_with_embedding_and_head_alone_equals_reference(tmp_path):
-    def ppc(*args):
-        done = subprocess.run([sys.executable, "-m", "ppc", *args], capture_output=True, text=True,
-                              timeout=300, env=dict(os.environ), check=False)
-        assert done.returncode == 0, done.stderr[-2000:]
-
     common = [*RUN, "--steps", "2", "--lr", "1e-3"]
     common[common.index("tiny-llama")] = "tiny-llama-tied"
     common[common.index("1f1b")] = "zb_h1"
-    ppc(*common, "--split", "0,4,4,0", "--nproc-per-node", "4", "--metrics", str(tmp_path / "p.jsonl"))
-    ppc(*common, "--reference", "--metrics", str(tmp_path / "r.jsonl"))
+    _ppc_ok(*common, "--split", "0,4,4,0", "--nproc-per-node", "4", "--metrics", str(tmp_path / "p.jsonl"))
+    _ppc_ok(*common, "--reference", "--metrics", str(tmp_path / "r.jsonl"))
     pipe, ref = ([json.loads(x)["loss"] for x in (tmp_path / f).read_text().splitlines()]
                  for f in ("p.jsonl", "r.jsonl"))
     assert pipe == pytest.approx(ref, rel=1e-4) and len(pipe) == 2

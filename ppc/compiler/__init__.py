@@ -19,12 +19,13 @@ __all__ = ["compile_program"]
 
 
 def compile_program(
-    order: ComputeOrder, graph: StageGraph | None = None, *, costs: CostModel | None = None
+    order: ComputeOrder, graph: StageGraph | None = None, *, costs: CostModel | None = None,
+    dp: int = 1,
 ) -> Program:
     """Lower `order` and validate the result; raises ValidationError / DeadlockError."""
     from ppc.compiler.lower import lower
     from ppc.verify.program import validate
 
-    program = lower(order, graph, costs=costs)
+    program = lower(order, graph, costs=costs, dp=dp)
     validate(program, graph)
     return program

@@ -24,6 +24,7 @@ import bisect
 import logging
 
 from ppc.compiler.predict import Prediction, cross_rank_deps, predict, transfer_bytes
+from ppc.compiler.reduce import add_grad_reductions
 from ppc.costs import CostModel
 from ppc.errors import CostError, ValidationError
 from ppc.ir.ops import Op
@@ -39,9 +40,11 @@ _EPS = 1e-9
 
 
 def lower(
-    order: ComputeOrder, graph: StageGraph | None = None, *, costs: CostModel | None = None
+    order: ComputeOrder, graph: StageGraph | None = None, *, costs: CostModel | None = None,
+    dp: int = 1,
 ) -> Program:
-    """Lower `order` to a Program; `costs` (default uniform) only guides placement."""
+    """Lower `order` to a Program; `costs` (default uniform) only guides placement; with
+    `dp` > 1 pipeline replicas, each stage's gradients are reduced across them."""
     graph = graph or synthetic_chain(order.stages)
     if graph.num_stages != order.stages:
         raise ValidationError(
@@ -55,6 +58,7 @@ def lower(
     index = index_order(order, routes)
     prediction = predict(index, order.ranks, cross_rank_deps(index, routes, costs), costs)
     rows = _place(index, order.ranks, routes, prediction, costs)
+    add_grad_reductions(rows, graph, dp)
     _append_step_ops(rows, graph, order.placement)
     log.info("lowered %s: %d instructions", order.schedule, sum(len(r) for r in rows))
     return Program(
@@ -176,6 +180,8 @@ def _append_step_ops(rows: list[list[Instruction]], graph: StageGraph, placement
         for rank in sorted({placement[s] for s in tied.stages}):
             stage = min(s for s in tied.stages if placement[s] == rank)
             rows[rank].append(Instruction(op=Op.REDUCE_TIED, stage=stage, mb=0, tensors=(spec,)))
+    first: dict[int, int] = {}
+    for stage, rank in enumerate(placement):
+        first.setdefault(rank, stage)
     for rank, row in enumerate(rows):
-        first = min(s for s, r in enumerate(placement) if r == rank) if rank in placement else 0
-        row.append(Instruction(op=Op.STEP, stage=first, mb=0))
+        row.append(Instruction(op=Op.STEP, stage=first.get(rank, 0), mb=0))

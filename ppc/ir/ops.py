@@ -35,6 +35,9 @@ class Category(str, Enum):
     """Waits for the matching send's message."""
     COLLECTIVE = "collective"
     """Waits for every member of its group, then takes the transfer time of its tensors."""
+    REDUCE = "reduce"
+    """Starts a collective with the same rank of every other pipeline replica (outside this
+    program: data parallelism); the rank goes on computing, and its STEP waits for it."""
     STEP = "step"
     """The optimizer step: a global sync (grad norm), then the rank's step cost; last."""
 
@@ -253,6 +256,7 @@ class Codes:
         self.is_recv = bytes(k.category is Category.RECV for k in kinds)
         self.is_collective = bytes(k.category is Category.COLLECTIVE for k in kinds)
         self.is_step = bytes(k.category is Category.STEP for k in kinds)
+        self.is_reduce = bytes(k.category is Category.REDUCE for k in kinds)
         self.compute = tuple(k for k in kinds if k.category is Category.COMPUTE)
         self.slot = [-1] * self.n
         """slot[code] = index of a compute kind among compute kinds (-1 otherwise)."""
@@ -354,6 +358,11 @@ def _builtin() -> None:
         OpKind(name="REDUCE_TIED", doc="Sum a tied weight's gradients across its owning ranks.",
                pairing="every owning rank runs it once, for the same tensor",
                category=Category.COLLECTIVE, colour="#d9534f"),
+        OpKind(name="REDUCE_GRAD", doc="Reduce a stage's gradients across the pipeline replicas "
+               "(all-reduce; reduce-scatter under ZeRO-1).",
+               pairing="once per stage and step, after the stage's last backward on its rank; "
+               "the same rank of every replica runs it", category=Category.REDUCE, csv="REDUCE_GRAD",
+               colour="#e377c2"),
         OpKind(name="STEP", doc="Clip by the global norm and take the optimizer step.",
                pairing="once per rank, last", category=Category.STEP, colour="#34495e"),
     ]

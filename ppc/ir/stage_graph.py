@@ -47,6 +47,9 @@ class StageGraph:
     tied: tuple[TiedWeight, ...] = field(default=())
     activation_bytes: tuple[int, ...] = field(default=())
     """Per stage, bytes kept alive for backward per microbatch (empty if unknown)."""
+    param_bytes: tuple[int, ...] = field(default=())
+    """Per stage, bytes of its trainable parameters' gradients (empty if unknown): what a
+    data-parallel gradient reduction moves."""
 
     def inputs_of(self, stage: int) -> tuple[StageValue, ...]:
         return tuple(v for v in self.values if stage in v.consumers)
@@ -67,6 +70,7 @@ class StageGraph:
             ],
             "tied": [{"name": t.name, "stages": list(t.stages), "spec": spec(t.spec)} for t in self.tied],
             "activation_bytes": list(self.activation_bytes),
+            "param_bytes": list(self.param_bytes),
         }
 
     @classmethod
@@ -86,6 +90,7 @@ class StageGraph:
             tied=tuple(TiedWeight(name=t["name"], stages=tuple(int(s) for s in t["stages"]),
                                   spec=spec(t.get("spec"))) for t in data.get("tied", ())),
             activation_bytes=tuple(int(b) for b in data.get("activation_bytes", ())),
+            param_bytes=tuple(int(b) for b in data.get("param_bytes", ())),
         )
 
 

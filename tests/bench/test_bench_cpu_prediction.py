@@ -40,6 +40,7 @@ def predictions(request, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # a profile run and two 4-rank runs
 @pytest.mark.parametrize("schedule", ["1f1b", "interleaved_1f1b"])
 def test_bench_cpu_prediction_error(benchmark, predictions, schedule):
     def read():

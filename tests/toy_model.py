@@ -3,17 +3,15 @@
 ToyLM: embedding (tied with the LM head), residual tanh blocks, and a skip connection
 from the embedding to the last stage (a value sent to a non-adjacent stage), with a
 Hugging Face style shifted cross-entropy loss. `toy_split(S)` cuts it into S stages with
-the same StageGraph/StageModule shape as ppc.frontend.
+the same StageGraph/StageModule shape as ppc.frontend. A helper module (not collected):
+tests/test_exec_toy_model.py checks that the stages compose to the full model.
 """
 
 from __future__ import annotations
 
-import os
-import socket
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -152,26 +150,3 @@ def toy_plan(order, *, seed: int, microbatch_size: int, seq_len: int):
         return ToyStage(ToyLM(seed), stage, meta.blocks, stage == order.stages - 1).to(device)
 
     return Plan(program=program, split=split, materialize=materialize, model="toy")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def init_gloo(rank: int, world: int, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-
-
-def test_toy_stages_compose_to_the_full_model():
-    split = toy_split(4, microbatch_size=2, seq_len=8)
-    full = ToyLM(3)
-    mods = [ToyStage(full, s, split.stages[s].blocks, s == 3) for s in range(4)]
-    ids = torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(0))
-    h, emb = mods[0](ids)
-    (h,) = mods[1](h)
-    (h,) = mods[2](h)
-    (loss,) = mods[3](h, emb, ids)
-    assert torch.equal(loss, toy_loss(full, {"input_ids": ids, "labels": ids}))

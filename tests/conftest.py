@@ -1,0 +1,38 @@
+"""Helpers shared by the test modules: the CLI in a subprocess, a free port, a gloo rank.
+
+Tests that launch ranks, train, run torchrun or a profile run are marked `slow`;
+`scripts/test.sh --quick` runs the others (`pytest -m "not slow"`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+
+def ppc(*args: str, cwd: str | Path | None = None, env: dict[str, str] | None = None,
+        timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python -m ppc ARGS` (the real entry point) and return it finished, output captured
+    as text; `env` adds to this process's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "ppc", *args], capture_output=True, text=True, cwd=cwd,
+        env={**os.environ, **(env or {})}, timeout=timeout, check=False,
+    )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for MASTER_PORT)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def init_gloo(rank: int, world: int, port: int) -> None:
+    """Join a gloo process group of `world` local ranks (inside an mp.spawn worker)."""
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
