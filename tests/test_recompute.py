@@ -15,8 +15,8 @@ import torch
 from ppc.exec.runtime import RankRuntime
 from ppc.sim.memory import order_memory
 from ppc.sim.timeline import simulate
-from test_exec_fixture import ToyLM, ToyStage, toy_split
 from torch import nn
+from toy_model import ToyLM, ToyStage, toy_split
 
 from ppc.compiler import compile_program
 from ppc.compiler.lower import lower
