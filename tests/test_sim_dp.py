@@ -7,16 +7,15 @@ import dataclasses
 import json
 
 import pytest
+from conftest import ppc
+from ppc.sim.timeline import simulate
+from ppc.sim.trace import trace_events
 
 from ppc.compiler import compile_program
 from ppc.costs import CostModel
 from ppc.errors import CostError
 from ppc.ir.stage_graph import synthetic_chain
 from ppc.lang import load_schedule
-from ppc.sim.timeline import simulate
-from ppc.sim.trace import trace_events
-
-from conftest import ppc
 
 
 def costs(stages: int, **extra) -> CostModel:
