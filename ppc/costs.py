@@ -24,32 +24,30 @@ down in proportion (processor sharing). Leave it out when each rank has its own 
 as a ring: an all-reduce of n bytes takes 2 (D-1)/D n / bandwidth + 2 (D-1) latency, a
 reduce-scatter (ZeRO-1) half of that. Without it the point-to-point `comm` terms stand
 in. `param_bytes` gives the bytes each stage reduces when the stage graph does not.
+
+Every key and value is checked against the schema in ppc/costs_schema.py (unknown keys,
+non-finite or negative numbers, lists of the wrong length, wrong shapes) before use.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ppc.costs_schema import INLINE_KEYS, MAX_TIME, check_costs, closest_key
 from ppc.errors import CostError
+from ppc.inputs import read_json
 from ppc.ir import ops
 from ppc.ir.ops import OpKind
 
-_KEYS = {"F", "B", "I", "W", "latency", "bandwidth", "weight_share", "step", "post", "cores", "threads",
-         "overlap", "overlap_time", "collective_latency", "collective_bandwidth", "param_bytes"}
 _COLLECTIVE_KEYS = ("latency", "bandwidth")
 
 
 def read_costs_json(path: str | Path) -> dict:
-    """A costs file's JSON, or one CostError line (missing file, bad JSON with position)."""
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise CostError(f"{path}: no such costs file") from None
-    except json.JSONDecodeError as exc:
-        raise CostError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
+    """A costs file's JSON checked against the schema, or one CostError line (missing or
+    unreadable file, bad UTF-8 or JSON with its position, the path of a bad field)."""
+    return check_costs(read_json(path, error=CostError, what="costs file"), str(path))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -98,15 +96,17 @@ class CostModel:
         if len(self.backward_input) != n or len(self.backward_weight) != n:
             raise CostError("costs: F, I and W must give one value per stage")
         for name, values in (("F", self.forward), ("I", self.backward_input), ("W", self.backward_weight)):
-            bad = [v for v in values if not (v >= 0 and math.isfinite(v))]
+            bad = [v for v in values if not 0 <= v <= MAX_TIME]
             if bad:
-                raise CostError(f"costs: {name} must be finite and >= 0, got {bad[0]!r}")
-        if self.latency < 0 or not self.bandwidth > 0:
+                raise CostError(f"costs: {name} must be in [0, {MAX_TIME:g}], got {bad[0]!r}")
+        if not (0 <= self.latency <= MAX_TIME) or not self.bandwidth > 0:
             raise CostError(f"costs: need latency >= 0 and bandwidth > 0, got {self.latency!r}, {self.bandwidth!r}")
         if not 0.0 <= self.weight_share <= 1.0:
             raise CostError(f"costs: weight_share must be in [0, 1], got {self.weight_share!r}")
         if self.optimizer and len(self.optimizer) != n:
             raise CostError(f"costs: step has {len(self.optimizer)} values for {n} stages")
+        if any(not 0 <= v <= MAX_TIME for v in self.optimizer):
+            raise CostError(f"costs: step must be in [0, {MAX_TIME:g}], got {self.optimizer!r}")
         if self.post < 0 or not math.isfinite(self.post):
             raise CostError(f"costs: post must be finite and >= 0, got {self.post!r}")
         if self.cores is not None and not self.cores > 0 or self.threads < 1:
@@ -183,6 +183,7 @@ class CostModel:
     @classmethod
     def from_dict(cls, data: dict, stages: int, *, source: str = "costs") -> CostModel:
         """Build from the JSON form; scalars broadcast, lists must have one value per stage."""
+        check_costs(data, source, stages)
 
         def per_stage(key: str) -> tuple[float, ...] | None:
             if key not in data:
@@ -239,12 +240,14 @@ class CostModel:
         for part in filter(None, (p.strip() for p in text.split(","))):
             key, sep, value = part.partition("=")
             key = key.strip()
-            if not sep or key not in _KEYS:
-                raise CostError(f"--costs: cannot read {part!r}; expected KEY=NUMBER with KEY in {sorted(_KEYS)}")
+            if not sep:
+                raise CostError(f"--costs: cannot read {part[:40]!r}; expected KEY=NUMBER, e.g. F=1,I=1,W=1")
+            if key not in INLINE_KEYS:
+                raise CostError(f"--costs: unknown key {key[:40]!r}{closest_key(key, INLINE_KEYS)}")
             try:
                 data[key] = float(value)
             except ValueError:
-                raise CostError(f"--costs: {key} needs a number, got {value.strip()!r}") from None
+                raise CostError(f"--costs: {key} needs a number, got {value.strip()[:40]!r}") from None
         collective = {key: data.pop(f"collective_{key}") for key in _COLLECTIVE_KEYS if f"collective_{key}" in data}
         if collective:
             data["collective"] = collective
@@ -255,7 +258,7 @@ class CostModel:
         """From a JSON file path, an inline string, or the uniform default (None)."""
         if spec is None:
             return cls.uniform(stages)
-        if spec.endswith(".json") or Path(spec).is_file():
+        if spec.endswith(".json") or Path(spec).is_file() or Path(spec).is_dir():
             return cls.from_dict(read_costs_json(spec), stages, source=spec)
         return cls.parse_inline(spec, stages)
 
@@ -280,8 +283,11 @@ class CostModel:
             out["overlap"] = {"time": self.overlap_time}
         elif self.overlap != 1.0:
             out["overlap"] = self.overlap
+        bandwidth = self.collective_bandwidth
+        if bandwidth is not None and not math.isfinite(bandwidth):
+            bandwidth = 1e300  # as "comm" writes it: JSON has no inf
         collective = {key: value for key, value in (("latency", self.collective_latency),
-                                                     ("bandwidth", self.collective_bandwidth)) if value is not None}
+                                                     ("bandwidth", bandwidth)) if value is not None}
         if collective:
             out["collective"] = collective
         if self.param_bytes:
@@ -331,7 +337,9 @@ def _collective_terms(data: dict, source: str) -> dict:
     if "latency" in value:
         terms["collective_latency"] = _finite(value["latency"], "collective.latency", source)
     if "bandwidth" in value:
-        terms["collective_bandwidth"] = _finite(value["bandwidth"], "collective.bandwidth", source, positive=True)
+        bandwidth = value["bandwidth"]  # inf: only the latency terms count, as for "comm"
+        terms["collective_bandwidth"] = math.inf if bandwidth == math.inf else _finite(
+            bandwidth, "collective.bandwidth", source, positive=True)
     return terms
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from ppc.sim.timeline import Timeline
 from rich.text import Text
 
@@ -39,11 +41,12 @@ def gantt(timeline: Timeline, *, width: int = 100) -> Text:
     """One row per rank; each cell shows the compute op that covers most of its time.
 
     When a cell is at most one time unit wide and an op starts in it, the cell shows
-    the op's microbatch (last digit) instead of its kind.
+    the op's microbatch (last digit) instead of its kind. Ops with a non-finite start or
+    end (a timeline that overflowed) are left out rather than drawn.
     """
     program = timeline.program
     style_of = styles()
-    span = timeline.makespan or 1.0
+    span = timeline.makespan if 0 < timeline.makespan < math.inf else 1.0
     cells = max(10, min(width, 10_000))
     step = span / cells
     out = Text()
@@ -57,6 +60,8 @@ def gantt(timeline: Timeline, *, width: int = 100) -> Text:
             if not instr.op.is_compute:
                 continue
             start, end = timeline.start[base + i], timeline.end[base + i]
+            if not (math.isfinite(start) and math.isfinite(end)):
+                continue
             first = min(int(start / step), cells - 1)
             last = min(int(end / step - 1e-9), cells - 1)
             for c in range(first, last + 1):

@@ -334,8 +334,10 @@ def _send_seconds(costs: CostModel):
 
 
 def _step_costs(pg: ProgramGraph, costs: CostModel) -> list[float]:
-    placement = pg.program.placement
-    return [costs.step([s for s in range(len(placement)) if placement[s] == r]) for r in range(pg.program.ranks)]
+    stages_of: list[list[int]] = [[] for _ in range(pg.program.ranks)]
+    for stage, rank in enumerate(pg.program.placement):
+        stages_of[rank].append(stage)
+    return [costs.step(stages) for stages in stages_of]
 
 
 class _SharedCores:

@@ -42,13 +42,13 @@ def test_ring_formulas_and_defaults():
 
 
 @pytest.mark.parametrize(("data", "message"), [
-    ({"collective": {"latncy": 1}}, "collective: unknown key 'latncy'"),
-    ({"collective": {"bandwidth": 0}}, "collective.bandwidth must be finite and > 0"),
-    ({"collective": {"latency": -1}}, "collective.latency must be finite and >= 0"),
-    ({"collective": {"latency": "fast"}}, "collective.latency must be a number"),
-    ({"collective": [1, 2]}, "collective must be an object"),
-    ({"param_bytes": [1, 2, 3]}, "'param_bytes' needs a number or 2 values"),
-    ({"param_bytes": [1, -5]}, r"param_bytes\[1\] must be finite and >= 0"),
+    ({"collective": {"latncy": 1}}, "c.json: collective: unknown key 'latncy' .did you mean 'latency'"),
+    ({"collective": {"bandwidth": 0}}, "c.json: collective.bandwidth: must be >="),
+    ({"collective": {"latency": -1}}, "c.json: collective.latency: must be >= 0"),
+    ({"collective": {"latency": "fast"}}, "c.json: collective.latency: must be a time"),
+    ({"collective": [1, 2]}, "c.json: collective: must be an object"),
+    ({"param_bytes": [1, 2, 3]}, "c.json: param_bytes: needs a number or 2 values"),
+    ({"param_bytes": [1, -5]}, r"c.json: param_bytes\[1\]: must be >= 0"),
 ])
 def test_bad_collective_terms_are_one_line_cost_errors(data, message):
     with pytest.raises(CostError, match=message):

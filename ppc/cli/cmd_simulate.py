@@ -116,12 +116,15 @@ GRAD_BYTES = 4
 
 def _simulate_program_file(path: str, args: argparse.Namespace):
     """Time a compiled program as written (`ppc compile --format json`), validated first."""
-    from ppc.costs import CostModel, read_costs_json
+    from ppc.costs import CostModel
+    from ppc.errors import ValidationError
+    from ppc.inputs import read_json
     from ppc.ir.program import program_file
     from ppc.sim.timeline import simulate
     from ppc.verify.program import check
 
-    program, graph = program_file(read_costs_json(path), path)
+    data = read_json(path, error=ValidationError, what="compiled program", limit=2**30)
+    program, graph = program_file(data, path)
     costs = CostModel.load(args.costs, program.stages)
     return simulate(program, costs, graph=graph, checked=check(program, graph), dp=args.dp, zero=args.zero)
 
