@@ -137,7 +137,9 @@ def profile_model(request: ProfileRequest, *, progress: Callable[[str], object] 
 
         progress("measuring point-to-point latency and bandwidth")
         p2p = measure_p2p(request.device, large_bytes=request.p2p_bytes)
-        costs = dataclasses.replace(profile.stage_costs, latency=p2p.latency, bandwidth=p2p.bandwidth, post=p2p.post)
+        costs = dataclasses.replace(profile.stage_costs, latency=p2p.latency, bandwidth=p2p.bandwidth, post=p2p.post,
+                                    collective_latency=p2p.collective_latency,
+                                    collective_bandwidth=p2p.collective_bandwidth)
         profile = dataclasses.replace(profile, stage_costs=costs, meta={**profile.meta, "p2p": p2p.describe()})
     if request.ranks is None:
         return profile
