@@ -183,6 +183,9 @@ def _run_worker(config, args) -> int:
 def _run_reference(config, args) -> int:
     import torch
 
+    from ppc.host import threads_per_rank
+
+    torch.set_num_threads(threads_per_rank(1))  # the cores this process may use, as ranks do
     from ppc.exec.checkpoint import write_hf
     from ppc.exec.reference import train_reference
 

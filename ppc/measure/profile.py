@@ -90,10 +90,11 @@ def profile_model(request: ProfileRequest, *, progress: Callable[[str], object] 
     stages = request.stages or _finest(request)
     split = build_split(request.model, stages=stages, seq_len=request.seq_len,
                         microbatch_size=request.microbatch_size, by=request.by, seed=request.seed)
-    if request.ranks is not None:
-        from ppc.host import threads_per_rank
+    from ppc.host import threads_per_rank
 
-        torch.set_num_threads(threads_per_rank(request.ranks))  # as each rank of the run will
+    # as each rank of the run will; alone, the cores this process may use (not torch's
+    # default, the machine's cores, which oversubscribes a loaded or restricted host)
+    torch.set_num_threads(threads_per_rank(request.ranks or 1))
     times = measure_split(split, request, device)
     layers: tuple = ()
     if request.layers and request.stages is not None:
