@@ -10,6 +10,19 @@ from ppc.cli.options import add_out, add_ranks, add_virtual
 GIB = 2**30
 
 
+SPLIT_COLUMN = "--split (blocks/stage)"
+
+
+def split_text(split, units) -> str:
+    """A candidate's split as `ppc run --split` takes it (decoder blocks per stage), so the
+    table and the printed run line agree; the planned units per stage, marked, when it
+    cannot be given as blocks."""
+    from ppc.plan.report import block_split
+
+    blocks = block_split(split, units)
+    return ",".join(map(str, blocks)) if blocks is not None else "units " + "/".join(map(str, split))
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "plan",
@@ -98,13 +111,14 @@ def run(args) -> int:
     unit = profile.stage_costs.unit
     table = Table(title=f"ppc plan: {args.ranks} ranks, global batch {args.global_batch}"
                   + (f", cap {args.memory_cap:g} GiB" if cap else "") + " (predicted)")
-    for column in ("#", "schedule", "V", "M x b", "split (layers/stage)", f"step ({unit})", "bubble",
+    units = [u.name for u in profile.layer_units()]
+    for column in ("#", "schedule", "V", "M x b", SPLIT_COLUMN, f"step ({unit})", "bubble",
                    "peak mem/rank (GiB)", "fits"):
-        table.add_column(column, justify="right" if column not in ("schedule", "split (layers/stage)") else "left")
+        table.add_column(column, justify="right" if column not in ("schedule", SPLIT_COLUMN) else "left")
     rows = ([("base", base)] if base else []) + [(str(i + 1), c) for i, c in enumerate(candidates[: args.top])]
     for label, c in rows:
         table.add_row(label, c.schedule + (" (given split)" if c.split_kind == "given" else ""), str(c.virtual),
-                      f"{c.microbatches} x {c.microbatch_size}", "/".join(map(str, c.split)),
+                      f"{c.microbatches} x {c.microbatch_size}", split_text(c.split, units),
                       f"{c.step_time:.4g}", f"{c.bubble:.1%}", f"{max(c.peak_bytes) / GIB:.2f}",
                       "yes" if c.fits else "NO")
     console.print(table)
@@ -144,16 +158,17 @@ def _run_world(args, profile, request, console) -> int:
     unit = profile.stage_costs.unit
     table = Table(title=f"ppc plan: {args.world} ranks (PP x DP), global batch {args.global_batch}"
                   + (f", cap {args.memory_cap:g} GiB" if args.memory_cap else "") + " (predicted)")
-    for column in ("#", "PP x DP", "schedule", "V", "M x b per replica", "split (layers/stage)", f"step ({unit})",
+    units = [u.name for u in profile.layer_units()]
+    for column in ("#", "PP x DP", "schedule", "V", "M x b per replica", SPLIT_COLUMN, f"step ({unit})",
                    f"exposed reduce ({unit})", "bubble", "peak mem/rank (GiB)", "fits"):
-        table.add_column(column, justify="left" if column in ("schedule", "split (layers/stage)") else "right")
+        table.add_column(column, justify="left" if column in ("schedule", SPLIT_COLUMN) else "right")
     for i, shape in enumerate(plan.shapes):
         c = shape.best
         if c is None:
             table.add_row(str(i + 1), shape.label, f"[dim]{shape.reason}[/]", *("-",) * 8)
             continue
         table.add_row(str(i + 1), shape.label, c.schedule, str(c.virtual), f"{c.microbatches} x {c.microbatch_size}",
-                      "/".join(map(str, c.split)), f"{c.step_time:.4g}", f"{c.exposed_reduce:.4g}",
+                      split_text(c.split, units), f"{c.step_time:.4g}", f"{c.exposed_reduce:.4g}",
                       f"{c.bubble:.1%}", f"{max(c.peak_bytes) / GIB:.2f}", "yes" if c.fits else "NO")
     console.print(table)
     winner = plan.winner

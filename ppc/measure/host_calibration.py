@@ -105,7 +105,7 @@ def _run_calibration(request, schedule: str, *, virtual: int, steps: int, timeou
         trace, metrics = Path(tmp) / "trace.json", Path(tmp) / "metrics.jsonl"
         command = [
             sys.executable, "-m", "ppc", "run", "--model", request.model, "--schedule", schedule,
-            "--ranks", str(ranks), "--virtual", str(virtual), "--split", request.by,
+            "--ranks", str(ranks), "--virtual-stages", str(virtual), "--split", request.by,
             "--microbatches", str(2 * ranks), "--microbatch-size", str(request.microbatch_size),
             "--seq-len", str(request.seq_len), "--steps", str(steps), "--seed", str(request.seed),
             "--device", "cpu", "--quiet", "--trace", str(trace), "--metrics", str(metrics),

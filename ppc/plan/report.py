@@ -56,7 +56,7 @@ def run_command(candidate: Candidate, *, schedule_path: str | Path, model: str, 
     `--dp D` for D pipeline replicas)."""
     argv = [
         "ppc", "run", "--model", model, "--schedule", str(schedule_path),
-        "--ranks", str(ranks), "--virtual", str(candidate.virtual),
+        "--ranks", str(ranks), "--virtual-stages", str(candidate.virtual),
         "--microbatches", str(candidate.microbatches), "--microbatch-size", str(candidate.microbatch_size),
     ]
     if dp > 1:
