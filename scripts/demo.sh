@@ -8,6 +8,6 @@ PPC=.venv/bin/ppc
 mkdir -p out
 $PPC schedules
 $PPC compile 1f1b --ranks 4 --microbatches 8
-$PPC simulate gpipe 1f1b interleaved_1f1b:2 zb_h1 zbv:2 --ranks 4 --microbatches 8 --compare
+$PPC simulate gpipe 1f1b interleaved_1f1b:2 zb_h1 zbv:2 interleaved_zb:2 dualpipev:2 --ranks 4 --microbatches 8 --compare
 $PPC run --model tiny-llama --schedule 1f1b --ranks 4 --microbatches 8 --microbatch-size 2 \
     --seq-len 64 --steps 20 --lr 3e-3 --warmup 2 --device cpu --metrics out/demo_metrics.jsonl "$@"
