@@ -113,8 +113,8 @@ def describe_failure(directory: Path, failures: list[Failure], watch=None) -> st
             return (1, 0.0)
         if failure.exitcode < 0 and -failure.exitcode != signal.SIGTERM:
             return (2, 0.0)
-        if error is None and timed_out:
-            return (3, changed.get(failure.rank, float("inf")))
+        if error is None and timed_out and failure.rank in changed:
+            return (3, changed[failure.rank])
         if error is not None:
             return (4, error[0])
         return (5, 0.0)
@@ -160,6 +160,15 @@ def _is_peer_loss(message: str) -> bool:
     return any(s in lowered for s in ("connection closed", "connection reset", "broken pipe", "peer"))
 
 
+def _quiet_elastic_loggers() -> None:
+    """The agent's own warnings and errors ("Received 2 death signal", "failed (exitcode: 1)")
+    repeat what ppc reports in one line. Its modules set each logger's level themselves, so
+    every one of them is raised, not just the parent."""
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 def self_launch(argv: list[str], *, nproc: int, monitor_interval: float = 0.2) -> tuple[int, str]:
     """Run `python -m ppc <argv>` on `nproc` local workers; (exit code, failure line or "")."""
     from ppc.exec.signals import LAUNCHER_ENV
@@ -182,7 +191,7 @@ def self_launch(argv: list[str], *, nproc: int, monitor_interval: float = 0.2) -
         max_restarts=0,
         monitor_interval=monitor_interval,
     )
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+    _quiet_elastic_loggers()
     try:
         with WorkerWatch(Path(status_dir), nproc) as watch:
             elastic_launch(config, sys.executable)("-u", "-m", "ppc", *argv)

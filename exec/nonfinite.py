@@ -33,10 +33,9 @@ def check_grad_norm(norm: float, *, step: int, params, rank: int, ranks: int, gr
     bad[rank] = 0.0 if math.isfinite(float(squared_norm(params))) else 1.0
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(bad, group=group)
-    where = ", ".join(str(r) for r, flag in enumerate(bad.tolist()) if flag) or "none"
-    raise NonFiniteError(
-        f"gradient norm is {norm} at step {step + 1} (non-finite gradients on rank {where}) {HINT}"
-    )
+    culprits = [str(r) for r, flag in enumerate(bad.tolist()) if flag]
+    where = f"rank{'s' if len(culprits) > 1 else ''} {', '.join(culprits)}" if culprits else "no single rank"
+    raise NonFiniteError(f"gradient norm is {norm} at step {step + 1} (non-finite gradients on {where}) {HINT}")
 
 
 def check_loss(loss: float, *, step: int, rank: int) -> None:
