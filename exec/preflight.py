@@ -136,9 +136,11 @@ def check_data(config: RunConfig) -> None:
 def check_model(config: RunConfig) -> None:
     """The model exists, takes --seq-len positions, and its vocabulary holds the tokenizer's."""
     from ppc.exec.data import load_tokenizer
+    from ppc.exec.plan import check_model as check_model_builds
 
     from ppc.frontend.models import load_config
 
+    check_model_builds(config)  # the model builds (on meta) and its weights fit it
     model = load_config(config.model)
     limit = getattr(model, "max_position_embeddings", None) or getattr(model, "n_positions", None)
     if limit is not None and config.seq_len > limit:
