@@ -12,11 +12,18 @@ JSON format (scalars apply to every stage; lists give one value per stage)::
      "activation_bytes": [..], "weight_share": 0.5,
      "step": [..],                                     # optimizer step (clip + AdamW) per stage
      "host": {"cores": 1.7, "threads": 1},             # ranks share `cores` CPUs (CPU runs)
-     "overlap": 0.8}                                   # overlapped F&B ops: factor (or {"time": t})
+     "overlap": 0.8,                                   # overlapped F&B ops: factor (or {"time": t})
+     "collective": {"latency": 5e-5, "bandwidth": 1e10},  # DP gradient reduction (default: comm's)
+     "param_bytes": [..]}                              # gradient bytes per stage (DP reduction)
 
 `host` matters for CPU runs where every rank is a process on one machine: when the ranks
 that are computing want more cores than there are, they share them and each op slows
 down in proportion (processor sharing). Leave it out when each rank has its own device.
+
+`collective` times the gradient reduction across D pipeline replicas (data parallelism)
+as a ring: an all-reduce of n bytes takes 2 (D-1)/D n / bandwidth + 2 (D-1) latency, a
+reduce-scatter (ZeRO-1) half of that. Without it the point-to-point `comm` terms stand
+in. `param_bytes` gives the bytes each stage reduces when the stage graph does not.
 
 Every key and value is checked against the schema in ppc/costs_schema.py (unknown keys,
 non-finite or negative numbers, lists of the wrong length, wrong shapes) before use.
@@ -33,6 +40,8 @@ from ppc.errors import CostError
 from ppc.inputs import read_json
 from ppc.ir import ops
 from ppc.ir.ops import OpKind
+
+_COLLECTIVE_KEYS = ("latency", "bandwidth")
 
 
 def read_costs_json(path: str | Path) -> dict:
@@ -73,6 +82,14 @@ class CostModel:
     factor times the sum of its parts (1: no gain unless measured)."""
     overlap_time: float | None = None
     """Or this fixed time per overlapped op, when given."""
+    collective_latency: float | None = None
+    """Per-hop latency of the ring collectives that reduce gradients across pipeline
+    replicas (None: `latency`)."""
+    collective_bandwidth: float | None = None
+    """Per-link bytes per time unit of those collectives (None: `bandwidth`)."""
+    param_bytes: tuple[int, ...] = field(default=())
+    """Per stage, gradient bytes one data-parallel reduction moves (empty: the stage
+    graph's, else 0)."""
 
     def __post_init__(self) -> None:
         n = len(self.forward)
@@ -100,6 +117,14 @@ class CostModel:
                             f"{self.overlap!r}, {self.overlap_time!r}")
         if self.activation_bytes and len(self.activation_bytes) != n:
             raise CostError(f"costs: activation_bytes has {len(self.activation_bytes)} values for {n} stages")
+        if self.collective_latency is not None and not 0 <= self.collective_latency < math.inf:
+            raise CostError(f"costs: collective latency must be finite and >= 0, got {self.collective_latency!r}")
+        if self.collective_bandwidth is not None and not self.collective_bandwidth > 0:
+            raise CostError(f"costs: collective bandwidth must be > 0, got {self.collective_bandwidth!r}")
+        if self.param_bytes and len(self.param_bytes) != n:
+            raise CostError(f"costs: param_bytes has {len(self.param_bytes)} values for {n} stages")
+        if any(b < 0 for b in self.param_bytes):
+            raise CostError(f"costs: param_bytes must be >= 0, got {min(self.param_bytes)!r}")
 
     @property
     def stages(self) -> int:
@@ -131,6 +156,21 @@ class CostModel:
 
     def transfer(self, nbytes: int) -> float:
         return self.latency + (nbytes / self.bandwidth if nbytes else 0.0)
+
+    def all_reduce(self, nbytes: int, replicas: int) -> float:
+        """Time of a ring all-reduce of `nbytes` across `replicas` ranks: a reduce-scatter
+        then an all-gather, each D - 1 steps of n / D bytes (0 with one replica)."""
+        return 2.0 * self.reduce_scatter(nbytes, replicas)
+
+    def reduce_scatter(self, nbytes: int, replicas: int) -> float:
+        """Time of a ring reduce-scatter (or all-gather) of `nbytes` across `replicas`
+        ranks: (D-1)/D n / bandwidth + (D-1) latency."""
+        if replicas <= 1:
+            return 0.0
+        latency = self.latency if self.collective_latency is None else self.collective_latency
+        bandwidth = self.bandwidth if self.collective_bandwidth is None else self.collective_bandwidth
+        steps = replicas - 1
+        return steps * latency + (steps / replicas * nbytes / bandwidth if nbytes else 0.0)
 
     def shares_cores(self, ranks: int) -> bool:
         """Whether `ranks` computing at once would want more cores than the host has."""
@@ -188,12 +228,14 @@ class CostModel:
             cores=None if cores is None else float(cores),
             threads=int(host.get("threads", data.get("threads", 1))),
             **_overlap_terms(data.get("overlap"), data.get("overlap_time"), source),
+            **_collective_terms(data, source),
+            param_bytes=_param_bytes(data.get("param_bytes"), stages, source),
         )
 
     @classmethod
     def parse_inline(cls, text: str, stages: int) -> CostModel:
         """Parse `F=1,I=1,W=1` (also B=, latency=, bandwidth=, weight_share=, step=, post=,
-        cores=, threads=)."""
+        cores=, threads=, collective_latency=, collective_bandwidth=, param_bytes=)."""
         data: dict[str, float] = {}
         for part in filter(None, (p.strip() for p in text.split(","))):
             key, sep, value = part.partition("=")
@@ -206,6 +248,9 @@ class CostModel:
                 data[key] = float(value)
             except ValueError:
                 raise CostError(f"--costs: {key} needs a number, got {value.strip()[:40]!r}") from None
+        collective = {key: data.pop(f"collective_{key}") for key in _COLLECTIVE_KEYS if f"collective_{key}" in data}
+        if collective:
+            data["collective"] = collective
         return cls.from_dict(data, stages, source="--costs")
 
     @classmethod
@@ -238,6 +283,15 @@ class CostModel:
             out["overlap"] = {"time": self.overlap_time}
         elif self.overlap != 1.0:
             out["overlap"] = self.overlap
+        bandwidth = self.collective_bandwidth
+        if bandwidth is not None and not math.isfinite(bandwidth):
+            bandwidth = 1e300  # as "comm" writes it: JSON has no inf
+        collective = {key: value for key, value in (("latency", self.collective_latency),
+                                                     ("bandwidth", bandwidth)) if value is not None}
+        if collective:
+            out["collective"] = collective
+        if self.param_bytes:
+            out["param_bytes"] = list(self.param_bytes)
         return out
 
 
@@ -258,3 +312,43 @@ def _overlap_terms(value, time, source: str) -> dict:
             raise CostError(f"{source}: overlap time needs a number, got {time!r}")
         terms["overlap_time"] = float(time)
     return terms
+
+
+def _finite(value, where: str, source: str, *, positive: bool = False) -> float:
+    """A JSON number that is finite and >= 0 (> 0 with `positive`), or one CostError line."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CostError(f"{source}: {where} must be a number, got {value!r}")
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise CostError(f"{source}: {where} must be finite and {'> 0' if positive else '>= 0'}, got {value!r}")
+    return float(value)
+
+
+def _collective_terms(data: dict, source: str) -> dict:
+    """`collective`: {"latency": s, "bandwidth": B/s}, both optional (default: comm's)."""
+    value = data.get("collective")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise CostError(f"{source}: collective must be an object {{\"latency\": .., \"bandwidth\": ..}}, got {value!r}")
+    unknown = sorted(set(value) - set(_COLLECTIVE_KEYS))
+    if unknown:
+        raise CostError(f"{source}: collective: unknown key {unknown[0]!r} (known keys: latency, bandwidth)")
+    terms = {}
+    if "latency" in value:
+        terms["collective_latency"] = _finite(value["latency"], "collective.latency", source)
+    if "bandwidth" in value:
+        bandwidth = value["bandwidth"]  # inf: only the latency terms count, as for "comm"
+        terms["collective_bandwidth"] = math.inf if bandwidth == math.inf else _finite(
+            bandwidth, "collective.bandwidth", source, positive=True)
+    return terms
+
+
+def _param_bytes(value, stages: int, source: str) -> tuple[int, ...]:
+    """`param_bytes`: one byte count for every stage, or a list of one per stage."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        return (int(_finite(value, "param_bytes", source)),) * stages
+    if len(value) != stages:
+        raise CostError(f"{source}: 'param_bytes' needs a number or {stages} values (one per stage), got {len(value)}")
+    return tuple(int(_finite(v, f"param_bytes[{i}]", source)) for i, v in enumerate(value))

@@ -134,6 +134,7 @@ THREADS = _number(1.0, 1e6, what="a whole number of threads", integer=True)
 FACTOR = _number(1e-6, 1e6, what="a factor > 0")
 COMM = {"latency": TIME, "bandwidth": BANDWIDTH, "post": TIME}
 HOST = {"cores": CORES, "threads": THREADS}
+COLLECTIVE = {"latency": TIME, "bandwidth": BANDWIDTH}
 LAYER = {"name": _string, "F": TIME, "I": TIME, "W": TIME, "B": TIME,
          "params": COUNT, "activation_bytes": BYTES, "output_bytes": BYTES}
 
@@ -148,6 +149,9 @@ SCHEMA: dict[str, Check] = {
     "overlap": lambda value, path, stages: (_object({"factor": FACTOR, "time": TIME}) if isinstance(
         value, dict) else FACTOR)(value, path, stages),  # overlapped F&B ops: a factor, or {"time": t}
     "overlap_time": TIME,
+    # data parallelism (ppc/costs.py): ring collectives across pipeline replicas, gradient bytes per stage
+    "collective": _object(COLLECTIVE),
+    "param_bytes": _per_stage(BYTES, empty_ok=True),
     # written by `ppc profile`, read by `ppc plan` (ppc/profiling/cost_profile.py)
     "layers": _list_of(_object(LAYER)),
     "split": _list_of(POSITIVE),
@@ -161,7 +165,8 @@ SCHEMA: dict[str, Check] = {
 }
 
 INLINE_KEYS = ("F", "B", "I", "W", "latency", "bandwidth", "weight_share", "step", "post",
-               "cores", "threads", "overlap", "overlap_time")
+               "cores", "threads", "overlap", "overlap_time", "collective_latency", "collective_bandwidth",
+               "param_bytes")
 """The keys `--costs KEY=NUMBER,...` takes."""
 
 

@@ -12,16 +12,23 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from ppc.errors import CostError
+from ppc.errors import CostError, ScheduleError
 from ppc.inputs import read_text
+from ppc.ir.order import Action
 
-COMPUTE_SLICE = re.compile(r"^(\d+)([FBIW])(\d+)$")
-"""A compute slice's name: stage, kind, microbatch (`2F0`, `1I3`)."""
+
+def compute_slice(name: str) -> tuple[int, str, int] | None:
+    """(stage, kind, microbatch) of a compute slice's name (`2F0`, `1I3`, `(0F1;3B0)OVERLAP_F_B`:
+    any compute row of the op table), else None."""
+    try:
+        action = Action.parse(name)
+    except ScheduleError:
+        return None
+    return action.stage, action.kind.name, action.mb
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,11 +118,12 @@ def compute_slices(step: list[dict], ranks: int) -> list[MeasuredSlice]:
     out = []
     for event in step:
         rank = int(event.get("args", {}).get("rank", event.get("pid", 0)))
-        match = COMPUTE_SLICE.match(str(event.get("name", "")).strip())
+        match = compute_slice(str(event.get("name", "")).strip())
         if 0 <= rank < ranks and match:
             start = (float(event["ts"]) - origin) / 1e6
-            out.append(MeasuredSlice(rank=rank, stage=int(match.group(1)), kind=match.group(2),
-                                     mb=int(match.group(3)), start=start, end=start + float(event["dur"]) / 1e6))
+            stage, kind, mb = match
+            out.append(MeasuredSlice(rank=rank, stage=stage, kind=kind, mb=mb, start=start,
+                                     end=start + float(event["dur"]) / 1e6))
     return out
 
 
