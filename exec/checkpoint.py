@@ -10,18 +10,22 @@ group): with several replicas only replica 0 writes, every replica may read.
 
 from __future__ import annotations
 
+import json
 import logging
+import pickle
 import shutil
+import zipfile
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from ppc.exec.resume import META_FILE, mismatch
 
 from ppc.errors import RunError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load_rank_state", "save_merged", "save_rank_state"]
+__all__ = ["load_rank_state", "read_state", "save_merged", "save_rank_state"]
 
 
 def _barrier(group=None) -> None:
@@ -48,6 +52,8 @@ def save_rank_state(
     tmp.replace(step_dir / f"rank-{rank}.pt")
     _barrier(group)
     if rank == 0:
+        record = {**meta, "step": step, "data_position": state["data_position"]}
+        (step_dir / META_FILE).write_text(json.dumps(record, indent=1) + "\n")
         (Path(directory) / "latest").write_text(step_dir.name + "\n")
     log.info("checkpoint: rank %s wrote %s", rank, step_dir)
     return step_dir
@@ -58,7 +64,7 @@ def resolve(directory: str) -> Path:
     root = Path(directory)
     latest = root / "latest"
     if latest.is_file():
-        return root / latest.read_text().strip()
+        return root / latest.read_text(errors="replace").strip()
     if any(root.glob("rank-*.pt")):
         return root
     raise RunError(f"no checkpoint in {directory} (expected a 'latest' file or rank-*.pt files)")
@@ -69,18 +75,30 @@ def load_rank_state(directory: str, *, rank: int, modules, optimizer, meta: dict
     path = resolve(directory) / f"rank-{rank}.pt"
     if not path.is_file():
         raise RunError(f"checkpoint {path} is missing")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    saved = state["meta"]
-    for key in ("schedule", "ranks", "stages", "placement", "model", "microbatches"):
-        if saved.get(key) != meta.get(key):
-            raise RunError(
-                f"checkpoint {path} was written with {key}={saved.get(key)!r}, this run has {meta.get(key)!r}"
-            )
+    state = read_state(path)
+    problem = mismatch({**state["meta"], "step": state["step"], "data_position": state["data_position"]},
+                       meta, where=f"checkpoint {path}")
+    if problem:
+        raise RunError(problem)
     for s, module in modules.items():
         module.load_state_dict(state["stages"][s])
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"])
     return int(state["step"])
+
+
+def read_state(path: Path, *, mmap: bool = False) -> dict:
+    """A rank file's state dict; a truncated or foreign file is one RunError naming it."""
+    if not zipfile.is_zipfile(path):
+        raise RunError(f"checkpoint {path} is truncated or not a ppc checkpoint (not a torch zip file)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+    except (EOFError, OSError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+        raise RunError(f"checkpoint {path} cannot be read: {type(error).__name__}: {error}") from None
+    if not isinstance(state, dict) or not {"step", "meta", "stages", "optimizer"} <= state.keys():
+        raise RunError(f"checkpoint {path} is not a ppc rank checkpoint (missing step, meta, stages or optimizer)")
+    state.setdefault("data_position", None)
+    return state
 
 
 def save_merged(directory: str, *, model: str, rank: int, named: dict[str, torch.Tensor], group=None) -> None:

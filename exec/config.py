@@ -59,6 +59,8 @@ class RunConfig:
     trace: str | None = None
     timeout: float = 300.0
     """Seconds a collective or point-to-point op may wait before the run fails."""
+    allow_nonfinite: bool = False
+    """Train on through a nan/inf loss or gradient norm (default: stop, naming step and rank)."""
 
     def __post_init__(self) -> None:
         for name in ("ranks", "dp", "virtual", "microbatches", "microbatch_size", "seq_len", "steps"):

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ppc.errors import RunError
+from ppc.inputs import decode
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +79,22 @@ def load_text(path: str | None) -> list[str]:
     if file.suffix == ".jsonl":
         return _read_jsonl(file)
     if file.suffix == ".txt":
-        return [file.read_text(encoding="utf-8")]
+        return [_read(file)]
     raise RunError(f"unsupported data file {path}: expected .txt or .jsonl")
+
+
+def _read(file: Path) -> str:
+    """The UTF-8 text of a data file; a bad byte is one positioned RunError line."""
+    try:
+        data = file.read_bytes()
+    except OSError as error:
+        raise RunError(f"cannot read data file {file}: {error.strerror or error}") from None
+    return decode(data, str(file), error=RunError)
 
 
 def _read_jsonl(file: Path) -> list[str]:
     docs = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(_read(file).splitlines(), start=1):
         if not line.strip():
             continue
         try:

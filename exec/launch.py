@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -92,24 +93,43 @@ class Failure:
     exitcode: int
 
 
-def describe_failure(directory: Path, failures: list[Failure]) -> str:
+def describe_failure(directory: Path, failures: list[Failure], watch=None) -> str:
     """One line naming the rank that failed first and the instruction it was on.
 
-    A rank that raised (not over a lost peer) or was killed by a signal other than the
-    launcher's SIGTERM is the cause; ranks that lost a peer or were stopped come after.
+    A rank that raised (not over a lost peer or a timeout) is the cause; then a rank the
+    watch (exec/watch.py) saw stopped; then one killed by a signal other than the
+    launcher's SIGTERM; then, when ranks timed out, the silent rank whose status changed
+    least recently (the one they waited for); ranks that lost a peer come after.
     """
+    stopped = watch.stopped if watch is not None else {}
+    changed = watch.last_change if watch is not None else {}
+    timed_out = any(e and _is_timeout(e[1]) for e in (_error_of(directory, f.rank) for f in failures))
+
     def rank_key(failure: Failure):
         error = _error_of(directory, failure.rank)
-        if error is not None and not _is_peer_loss(error[1]):
+        if error is not None and not _is_peer_loss(error[1]) and not _is_timeout(error[1]):
             return (0, error[0])
-        if failure.exitcode < 0 and -failure.exitcode != signal.SIGTERM:
+        if failure.rank in stopped:
             return (1, 0.0)
+        if failure.exitcode < 0 and -failure.exitcode != signal.SIGTERM:
+            return (2, 0.0)
+        if error is None and timed_out and failure.rank in changed:
+            return (3, changed[failure.rank])
         if error is not None:
-            return (2, error[0])
-        return (3, 0.0)
+            return (4, error[0])
+        return (5, 0.0)
 
     cause = min(failures, key=rank_key)
+    if cause.rank in stopped:
+        step, instruction = stopped[cause.rank]
+        return f"rank {cause.rank} was stopped (SIGSTOP){_where(step, instruction)}; the other ranks waited for it"
     error = _error_of(directory, cause.rank)
+    if error is None and timed_out and cause.rank in changed:
+        status = read_status(directory, cause.rank)
+        where = _where(status[1], status[2]) if status else ""
+        idle = time.time() - changed[cause.rank]
+        return (f"rank {cause.rank} hung{where}: no progress for {idle:.0f} s while the other ranks "
+                f"timed out waiting")
     if error is not None:
         return error[1]
     status = read_status(directory, cause.rank)
@@ -126,18 +146,41 @@ def describe_failure(directory: Path, failures: list[Failure]) -> str:
     return f"rank {cause.rank} exited with code {cause.exitcode}{where}"
 
 
+def _where(step: int, instruction: str) -> str:
+    return f" during {instruction}" if step < 0 else f" at instruction {instruction} (step {step + 1})"
+
+
+def _is_timeout(message: str) -> bool:
+    lowered = message.lower()
+    return "timed out" in lowered or "timeout" in lowered
+
+
 def _is_peer_loss(message: str) -> bool:
     lowered = message.lower()
     return any(s in lowered for s in ("connection closed", "connection reset", "broken pipe", "peer"))
 
 
+def _quiet_elastic_loggers() -> None:
+    """The agent's own warnings and errors ("Received 2 death signal", "failed (exitcode: 1)")
+    repeat what ppc reports in one line. Its modules set each logger's level themselves, so
+    every one of them is raised, not just the parent."""
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 def self_launch(argv: list[str], *, nproc: int, monitor_interval: float = 0.2) -> tuple[int, str]:
     """Run `python -m ppc <argv>` on `nproc` local workers; (exit code, failure line or "")."""
+    from ppc.exec.signals import LAUNCHER_ENV
+    from ppc.exec.watch import WorkerWatch
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    own_dir = not os.environ.get(STATUS_ENV)
     status_dir = os.environ.get(STATUS_ENV) or tempfile.mkdtemp(prefix="ppc-status-")
     os.environ[STATUS_ENV] = status_dir
+    os.environ[LAUNCHER_ENV] = str(os.getpid())
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -148,12 +191,19 @@ def self_launch(argv: list[str], *, nproc: int, monitor_interval: float = 0.2) -
         max_restarts=0,
         monitor_interval=monitor_interval,
     )
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+    _quiet_elastic_loggers()
     try:
-        elastic_launch(config, sys.executable)("-u", "-m", "ppc", *argv)
+        with WorkerWatch(Path(status_dir), nproc) as watch:
+            elastic_launch(config, sys.executable)("-u", "-m", "ppc", *argv)
+    except SignalException:  # SIGINT/SIGTERM/SIGHUP to the launcher: the agent stopped the workers
+        raise KeyboardInterrupt from None
     except ChildFailedError as error:
         failures = [Failure(rank=r, exitcode=f.exitcode) for r, f in error.failures.items()]
         codes = {f.exitcode for f in failures}
         code = 2 if codes == {2} else 1
-        return code, describe_failure(Path(status_dir), failures)
+        return code, describe_failure(Path(status_dir), failures, watch)
+    finally:
+        if own_dir:
+            shutil.rmtree(status_dir, ignore_errors=True)
+            del os.environ[STATUS_ENV]
     return 0, ""

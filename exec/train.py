@@ -19,8 +19,10 @@ from ppc.exec.config import RunConfig
 from ppc.exec.data import load_data, load_tokenizer
 from ppc.exec.mesh import PipelineMesh, build_mesh
 from ppc.exec.metrics import MetricsWriter, StepMetrics
+from ppc.exec.nonfinite import check_grad_norm, check_loss
 from ppc.exec.optim import clip_by_norm, lr_at, make_adamw, squared_norm
 from ppc.exec.plan import Plan
+from ppc.exec.resume import run_meta
 from ppc.exec.runtime import RankRuntime
 from ppc.exec.tied import TiedReducer
 
@@ -81,7 +83,7 @@ def train_pipeline(
     data = load_data(
         config.data, tokenizer=load_tokenizer(config.tokenizer), seq_len=config.seq_len, seed=config.seed
     )
-    meta = _meta(config, program)
+    meta = run_meta(config, program, split)
     start = 0
     if config.resume:
         start = load_rank_state(config.resume, rank=rank, modules=modules, optimizer=optimizer, meta=meta)
@@ -93,6 +95,9 @@ def train_pipeline(
         squared = squared_norm(counted).to(device)
         # over pp, not the mesh: replicas hold equal gradients (see exec/mesh.py)
         norm_box[0] = clip_by_norm(params, squared, config.clip, reduce=lambda t: _all_sum(t, pp_group))
+        if not config.allow_nonfinite:
+            check_grad_norm(norm_box[0], step=step, params=counted, rank=rank, ranks=program.ranks,
+                            group=pp_group, device=device)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -128,6 +133,8 @@ def train_pipeline(
             losses = runtime.run_step(step, batch)
             _sync(device)
             elapsed = time.perf_counter() - began
+            if rank == loss_rank and not config.allow_nonfinite:
+                check_loss(sum(losses.values()) / len(losses), step=step, rank=rank)
             if rank == loss_rank:
                 record = StepMetrics(
                     step=step + 1,
@@ -165,15 +172,3 @@ def train_pipeline(
 def _all_sum(tensor: torch.Tensor, group) -> torch.Tensor:
     dist.all_reduce(tensor, group=group)
     return tensor
-
-
-def _meta(config: RunConfig, program) -> dict:
-    return {
-        "schedule": config.schedule,
-        "model": config.model,
-        "ranks": program.ranks,
-        "stages": program.stages,
-        "placement": list(program.placement),
-        "microbatches": program.microbatches,
-        "sequences_per_step": config.microbatches * config.microbatch_size,
-    }

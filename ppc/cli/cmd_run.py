@@ -12,7 +12,7 @@ import os
 import sys
 
 from ppc.cli.options import add_microbatches, add_ranks, add_virtual
-from ppc.errors import PpcError, RunError
+from ppc.errors import PpcError
 
 _PARSER: argparse.ArgumentParser | None = None
 FAULT_ENV = "PPC_FAULT_AT"
@@ -53,6 +53,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay")
     g.add_argument("--clip", type=float, default=1.0, help="max global grad norm (0: off)")
     g.add_argument("--seed", type=int, default=0, help="seed of the weights and the data order")
+    g.add_argument("--allow-nonfinite", action="store_true",
+                   help="train on through a nan/inf loss or gradient norm (default: stop the run)")
     g = p.add_argument_group("devices and processes")
     g.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     g.add_argument("--dtype", choices=("fp32", "bf16"), help="default: bf16 on cuda, fp32 on cpu")
@@ -85,6 +87,7 @@ def _config(args):
         dtype=args.dtype or ("bf16" if device == "cuda" else "fp32"), metrics=args.metrics,
         save=args.save, checkpoint_every=args.checkpoint_every, checkpoint_dir=args.checkpoint_dir,
         resume=args.resume, trace=args.trace, timeout=args.timeout,
+        allow_nonfinite=args.allow_nonfinite,
     )
 
 
@@ -95,8 +98,12 @@ def _default_device() -> str:
 
 
 def run(args) -> int:
-    from ppc.exec import launch
+    from ppc.exec import launch, signals
 
+    if launch.under_torchrun():
+        signals.guard_worker()  # die with the launcher; SIGINT/SIGTERM end it quietly
+    else:
+        signals.interrupt_on_sigterm()
     config = _config(args)
     if args.reference:
         return _run_reference(config, args)
@@ -111,30 +118,10 @@ def run(args) -> int:
 
 
 def _check_inputs(config, *, world: int) -> None:
-    """Everything a user can get wrong, before any process starts."""
-    from pathlib import Path
+    """Everything a user can get wrong, before any process starts (exec/preflight.py)."""
+    from ppc.exec.preflight import preflight
 
-    from ppc.exec.plan import build_order, check_model
-
-    order = build_order(config)
-    if world != order.ranks:
-        raise RunError(
-            f"world size {world} != schedule ranks {order.ranks}: start {order.ranks} processes "
-            f"(--nproc-per-node {order.ranks}) or pass --ranks {world}"
-        )
-    if config.data is not None and not Path(config.data).is_file():
-        raise RunError(f"data file not found: {config.data}")
-    if config.tokenizer is not None and not Path(config.tokenizer).is_dir():
-        raise RunError(f"tokenizer directory not found: {config.tokenizer}")
-    if config.resume is not None and not Path(config.resume).exists():
-        raise RunError(f"checkpoint directory not found: {config.resume}")
-    check_model(config)
-    if not isinstance(config.split_by, str):
-        from ppc.frontend import build_split
-
-        # explicit blocks per stage: check the counts against the model before any worker starts
-        build_split(config.model, stages=order.stages, seq_len=config.seq_len,
-                    microbatch_size=config.microbatch_size, by=config.split_by, seed=config.seed)
+    preflight(config, world=world)
 
 
 def _argv(args) -> list[str]:

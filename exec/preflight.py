@@ -1,0 +1,204 @@
+"""Preflight: everything `ppc run` can know in the launcher, checked before a worker starts.
+
+A mistake found here is one RunError line (the CLI exits 2) within seconds, instead of
+every rank starting, failing alike and printing its own traceback. In order, cheapest
+first: the numbers (finite and in range), the device, the output paths (writable now,
+not after the last step), the data (readable, UTF-8, not empty), the model (sequence
+length, tokenizer vocabulary), the plan (the schedule expanded, lowered and verified for
+this model's split: the very plan every rank builds) and the world size, and last a
+resumed checkpoint (complete, readable, recorded settings equal to this run's).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+from ppc.exec.config import RunConfig
+from ppc.exec.resume import META_FILE, mismatch, run_meta
+
+from ppc.errors import RunError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["preflight"]
+
+MAX_SEED = 2**32
+"""Seeds are 0 <= seed < 2**32 (the data order multiplies the seed; it must stay in int64)."""
+
+
+def preflight(config: RunConfig, *, world: int) -> None:
+    """Check `config` for a run of `world` processes; raises RunError (or another PpcError)."""
+    check_numbers(config)
+    check_device(config, world=world)
+    check_outputs(config)
+    check_data(config)
+    check_model(config)
+    plan = _plan(config, world=world)
+    if config.resume is not None:
+        check_resume(config, plan)
+
+
+def check_numbers(config: RunConfig) -> None:
+    """Learning rate, weight decay, clip, timeout finite and in range; step counts consistent."""
+    _finite("--lr", config.lr, low=0.0, strict=True)
+    _finite("--weight-decay", config.weight_decay, low=0.0)
+    if config.clip is not None:
+        _finite("--clip", config.clip, low=0.0)
+    _finite("--timeout", config.timeout, low=0.0, strict=True)
+    _finite("min_lr_ratio", config.min_lr_ratio, low=0.0)
+    if config.warmup > config.steps:
+        raise RunError(f"--warmup {config.warmup} is more than --steps {config.steps}: "
+                       f"the learning rate would never reach --lr")
+    if config.checkpoint_every < 0:
+        raise RunError(f"--checkpoint-every must be >= 0 (0: off), got {config.checkpoint_every}")
+    if config.checkpoint_every > config.steps:
+        raise RunError(f"--checkpoint-every {config.checkpoint_every} is more than --steps {config.steps}: "
+                       f"no checkpoint would be written")
+    if not 0 <= config.seed < MAX_SEED:
+        raise RunError(f"--seed must be in [0, 2**32), got {config.seed}")
+
+
+def _finite(flag: str, value: float, *, low: float, strict: bool = False) -> None:
+    if not math.isfinite(value) or value < low or (strict and value == low):
+        bound = f"> {low:g}" if strict else f">= {low:g}"
+        raise RunError(f"{flag} must be a finite number {bound}, got {value}")
+
+
+def check_device(config: RunConfig, *, world: int) -> None:
+    """--device cuda needs CUDA and a GPU per local process."""
+    if config.device != "cuda":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RunError("--device cuda but CUDA is not available on this machine (use --device cpu)")
+    count = torch.cuda.device_count()
+    if world > count:
+        raise RunError(f"--device cuda: {world} processes on this machine but {count} GPU(s)")
+
+
+def check_outputs(config: RunConfig) -> None:
+    """Every path the run will write can be written now."""
+    if config.save:
+        _writable_dir("--save", Path(config.save))
+    if config.checkpoint_every:
+        _writable_dir("--checkpoint-dir", Path(config.checkpoint_dir or "checkpoints"))
+    for flag, name in (("--metrics", config.metrics), ("--trace", config.trace)):
+        if name:
+            path = Path(name)
+            if path.is_dir():
+                raise RunError(f"{flag} {name} is a directory, expected a file name")
+            _writable_dir(flag, path.parent, of=path)
+
+
+def _writable_dir(flag: str, directory: Path, *, of: Path | None = None) -> None:
+    """`directory` exists and takes a new file, or its nearest existing ancestor does (the
+    run creates the rest); probed with a real file, which also holds for root and read-only
+    mounts."""
+    shown = of or directory
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunError(f"{flag} {shown}: {existing} is not a directory")
+    try:
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=".ppc-write-probe-")
+    except OSError as error:
+        raise RunError(f"{flag} {shown}: cannot write in {existing}: {error.strerror or error}") from None
+    os.close(handle)
+    os.unlink(probe)
+
+
+def check_data(config: RunConfig) -> None:
+    """--data readable, UTF-8, and (with byte tokens) at least one sequence long; --tokenizer
+    a directory."""
+    from ppc.exec.data import load_text
+
+    if config.tokenizer is not None and not Path(config.tokenizer).is_dir():
+        raise RunError(f"tokenizer directory not found: {config.tokenizer}")
+    if config.data is None:
+        return
+    docs = load_text(config.data)
+    if not any(doc.strip() for doc in docs):
+        raise RunError(f"--data {config.data} holds no text")
+    if config.tokenizer is None:
+        tokens = sum(len(doc.encode("utf-8")) for doc in docs)
+        if tokens < config.seq_len:
+            raise RunError(f"--data {config.data} holds {tokens:,} byte tokens, fewer than one "
+                           f"sequence of --seq-len {config.seq_len}")
+
+
+def check_model(config: RunConfig) -> None:
+    """The model exists, takes --seq-len positions, and its vocabulary holds the tokenizer's."""
+    from ppc.exec.data import load_tokenizer
+    from ppc.exec.plan import check_model as check_model_builds
+
+    from ppc.frontend.models import load_config
+
+    check_model_builds(config)  # the model builds (on meta) and its weights fit it
+    model = load_config(config.model)
+    limit = getattr(model, "max_position_embeddings", None) or getattr(model, "n_positions", None)
+    if limit is not None and config.seq_len > limit:
+        raise RunError(f"--seq-len {config.seq_len} exceeds {config.model}'s limit of {limit} positions")
+    vocab = getattr(model, "vocab_size", None)
+    tokens = load_tokenizer(config.tokenizer).vocab_size
+    if vocab is not None and tokens > vocab:
+        source = f"the tokenizer in {config.tokenizer}" if config.tokenizer else "byte tokens (no --tokenizer)"
+        raise RunError(f"{source} has {tokens:,} token ids but {config.model}'s vocabulary holds {vocab:,}")
+
+
+def _plan(config: RunConfig, *, world: int):
+    """The plan every rank will build (expand, split, lower, verify), and the world size."""
+    from ppc.exec.plan import build_order, build_plan
+
+    order = build_order(config)
+    expected = config.dp * order.ranks
+    if world != expected:
+        raise RunError(
+            f"world size {world} != schedule ranks {order.ranks}: start {expected} processes "
+            f"(--nproc-per-node {expected}) or pass --ranks {world}"
+        )
+    plan = build_plan(config)
+    log.info("preflight: %s ranks, %s stages compiled and verified", plan.program.ranks, plan.program.stages)
+    return plan
+
+
+def check_resume(config: RunConfig, plan) -> None:
+    """--resume names a complete checkpoint whose recorded settings are this run's."""
+    from ppc.exec.checkpoint import read_state, resolve
+
+    root = Path(config.resume)
+    if not root.is_dir():
+        raise RunError(f"checkpoint directory not found: {config.resume}")
+    step_dir = resolve(config.resume)
+    for rank in range(plan.program.ranks):
+        path = step_dir / f"rank-{rank}.pt"
+        if not path.is_file():
+            raise RunError(f"checkpoint {path} is missing (the checkpoint is incomplete)")
+        if not zipfile.is_zipfile(path):
+            raise RunError(f"checkpoint {path} is truncated or not a ppc checkpoint (not a torch zip file)")
+    meta_path = step_dir / META_FILE
+    if meta_path.is_file():
+        saved = _read_meta(meta_path)
+    else:  # written before meta.json existed: the record inside rank 0's file
+        state = read_state(step_dir / "rank-0.pt", mmap=True)
+        saved = {**state["meta"], "step": state["step"], "data_position": state["data_position"]}
+    current = run_meta(config, plan.program, plan.split)
+    problem = mismatch(saved, current, where=f"checkpoint {step_dir}")
+    if problem:
+        raise RunError(problem)
+
+
+def _read_meta(path: Path) -> dict:
+    from ppc.inputs import read_json
+
+    saved = read_json(path, error=RunError, what="checkpoint record")
+    if not isinstance(saved, dict):
+        raise RunError(f"{path}: not a checkpoint record (expected a JSON object)")
+    return saved
+
