@@ -71,10 +71,12 @@ def load_rank_state(directory: str, *, rank: int, modules, optimizer, meta: dict
         raise RunError(f"checkpoint {path} is missing")
     state = torch.load(path, map_location="cpu", weights_only=False)
     saved = state["meta"]
-    for key in ("schedule", "ranks", "stages", "placement", "model", "microbatches"):
-        if saved.get(key) != meta.get(key):
+    for key in ("schedule", "ranks", "stages", "placement", "model", "microbatches", "dp"):
+        default = 1 if key == "dp" else None  # checkpoints from before data parallelism
+        if saved.get(key, default) != meta.get(key, default):
             raise RunError(
-                f"checkpoint {path} was written with {key}={saved.get(key)!r}, this run has {meta.get(key)!r}"
+                f"checkpoint {path} was written with {key}={saved.get(key, default)!r}, "
+                f"this run has {meta.get(key, default)!r}"
             )
     for s, module in modules.items():
         module.load_state_dict(state["stages"][s])

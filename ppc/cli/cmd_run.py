@@ -1,8 +1,8 @@
 """`ppc run`: train a model with a pipeline schedule (or the single-process reference).
 
 Under torchrun each process is one rank. Outside torchrun the command checks its input,
-then starts one worker per rank itself (`--nproc-per-node`, default: the schedule's
-ranks). torch is imported only inside the functions.
+then starts one worker per rank itself (`--nproc-per-node`, default: D x R, the replicas
+times the schedule's ranks). torch is imported only inside the functions.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g = p.add_argument_group("model and schedule")
     g.add_argument("--model", default="tiny-llama", help="preset name or local HF directory")
     g.add_argument("--schedule", default="1f1b", help="built-in name, .ppc file or torch .csv")
-    add_ranks(g, default=4, help="pipeline ranks R (= world size)")
+    add_ranks(g, default=4, help="pipeline ranks R (world size = D x R)")
     add_virtual(g)
     g.add_argument("--placement", choices=("loop", "v"), help="override the schedule's placement")
     g.add_argument("--split", default="cost", metavar="cost|layers|params|N,N,..",
@@ -52,7 +52,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g = p.add_argument_group("devices and processes")
     g.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     g.add_argument("--dtype", choices=("fp32", "bf16"), help="default: bf16 on cuda, fp32 on cpu")
-    g.add_argument("--nproc-per-node", type=int, help="start this many workers (outside torchrun)")
+    g.add_argument("--dp", type=int, metavar="D",
+                   help="pipeline replicas D, each on its own shard of the global batch, gradients "
+                   "averaged (default: 1; under torchrun: world size / R)")
+    g.add_argument("--zero", type=int, choices=(0, 1), default=0,
+                   help="1: shard AdamW state over the D replicas (ZeRO-1)")
+    g.add_argument("--nproc-per-node", type=int, help="start this many workers (outside torchrun; default D x R)")
     g.add_argument("--timeout", type=float, default=300.0, help="seconds before a stuck op fails")
     g.add_argument("--reference", action="store_true", help="plain single-process loop instead")
     g = p.add_argument_group("outputs")
@@ -73,7 +78,8 @@ def _config(args):
     device = args.device or _default_device()
     return RunConfig(
         model=args.model, schedule=args.schedule, ranks=args.ranks, virtual=args.virtual,
-        placement=args.placement, split=args.split, microbatches=args.microbatches,
+        dp=_replicas(args), zero=args.zero, placement=args.placement, split=args.split,
+        microbatches=args.microbatches,
         microbatch_size=args.microbatch_size, seq_len=args.seq_len, steps=args.steps, lr=args.lr,
         warmup=args.warmup, weight_decay=args.weight_decay, clip=args.clip or None, seed=args.seed,
         data=args.data, tokenizer=args.tokenizer, device=device,
@@ -81,6 +87,19 @@ def _config(args):
         save=args.save, checkpoint_every=args.checkpoint_every, checkpoint_dir=args.checkpoint_dir,
         resume=args.resume, trace=args.trace, timeout=args.timeout,
     )
+
+
+def _replicas(args) -> int:
+    """--dp, or under torchrun (when not given) the world size over the pipeline ranks."""
+    if args.dp is not None:
+        return args.dp
+    from ppc.exec import launch
+
+    if launch.under_torchrun() and not args.reference:
+        world = int(os.environ["WORLD_SIZE"])
+        if args.ranks and world % args.ranks == 0:
+            return world // args.ranks
+    return 1
 
 
 def _default_device() -> str:
@@ -97,7 +116,7 @@ def run(args) -> int:
         return _run_reference(config, args)
     if launch.under_torchrun():
         return _run_worker(config, args)
-    nproc = args.nproc_per_node or config.ranks
+    nproc = args.nproc_per_node or config.dp * config.ranks
     _check_inputs(config, world=nproc)
     code, message = launch.self_launch(_argv(args), nproc=nproc)
     if code:
@@ -112,10 +131,15 @@ def _check_inputs(config, *, world: int) -> None:
     from ppc.exec.plan import build_order, check_model
 
     order = build_order(config)
-    if world != order.ranks:
+    if world != config.dp * order.ranks:
+        if config.dp == 1:
+            raise RunError(
+                f"world size {world} != schedule ranks {order.ranks}: start {order.ranks} processes "
+                f"(--nproc-per-node {order.ranks}) or pass --ranks {world}"
+            )
         raise RunError(
-            f"world size {world} != schedule ranks {order.ranks}: start {order.ranks} processes "
-            f"(--nproc-per-node {order.ranks}) or pass --ranks {world}"
+            f"world size {world} != dp {config.dp} x schedule ranks {order.ranks}: start "
+            f"{config.dp * order.ranks} processes (--nproc-per-node {config.dp * order.ranks}) or change --dp"
         )
     if config.data is not None and not Path(config.data).is_file():
         raise RunError(f"data file not found: {config.data}")
@@ -181,7 +205,7 @@ def _run_reference(config, args) -> int:
     from ppc.exec.checkpoint import write_hf
     from ppc.exec.reference import train_reference
 
-    _check_inputs(config, world=config.ranks)
+    _check_inputs(config, world=config.dp * config.ranks)
     with _reporter(args, config) as reporter:
         model, _ = train_reference(config, device=torch.device(config.device), on_metrics=reporter.step)
     if config.save:
