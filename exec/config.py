@@ -14,6 +14,10 @@ SPLIT_METHODS = ("cost", "layers", "params")
 class RunConfig:
     model: str = "tiny-llama"
     """Preset name or local Hugging Face directory."""
+    allow_missing_keys: bool = False
+    """Train even when the directory's weights lack some parameters (those start random)."""
+    allow_unexpected_keys: bool = False
+    """Train even when the directory's weights hold tensors the model does not have."""
     schedule: str = "1f1b"
     """Built-in schedule name, .ppc file or torch compute-only .csv file."""
     ranks: int = 4

@@ -42,8 +42,11 @@ def build_order(config: RunConfig):
 def check_model(config: RunConfig) -> None:
     """Fail early on an unknown model or a sequence length beyond the model's limit."""
     from ppc.frontend import build_model
+    from ppc.frontend.models import check_checkpoint
 
     model = build_model(config.model, device="meta", seed=config.seed)
+    check_checkpoint(config.model, allow_missing=config.allow_missing_keys,
+                     allow_unexpected=config.allow_unexpected_keys)
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if limit is not None and config.seq_len > limit:
         raise RunError(f"--seq-len {config.seq_len} exceeds {config.model}'s limit of {limit} positions")

@@ -78,6 +78,15 @@ class _Act:
 
 
 @dataclass(slots=True)
+class _Saved:
+    """What the forward of a (stage, mb) that is recomputed later keeps: its inputs (leaves
+    as they were given to the stage) and the RNG state it started from."""
+
+    args: list[torch.Tensor]
+    rng: tuple
+
+
+@dataclass(slots=True)
 class _Comm:
     """The sends and receives one group of comm instructions posts together."""
 
@@ -119,6 +128,9 @@ class RankRuntime:
         self._on_reduce_tied, self._on_step, self._observer = on_reduce_tied, on_step, observer
         self._on_reduce_grad = on_reduce_grad
         self._uses = self._count_uses()
+        self._dropping = {(ins.stage, ins.mb) for ins in _flat(self.instructions)
+                          if "forward" in ins.op.drops}
+        """(stage, mb) pairs whose forward keeps only its inputs (a later op recomputes it)."""
         self.trace_records: list[tuple[str, float, float, float]] | None = [] if trace else None
         """(name, start, end, CPU seconds of this thread in between) per traced slice."""
         self.current: tuple[int, Instruction] | None = None
@@ -147,6 +159,7 @@ class RankRuntime:
         self._out_grads: dict[tuple[str, int], list[tuple[torch.Tensor, Pending | None]]] = {}
         self._in_grads: dict[tuple[str, int], torch.Tensor] = {}
         self._acts: dict[tuple[int, int], _Act] = {}
+        self._saved: dict[tuple[int, int], _Saved] = {}
         self._losses: dict[int, torch.Tensor] = {}
         self._inflight: list[Pending] = []
         self._step_buffers: list[torch.Tensor] = []
@@ -223,28 +236,63 @@ class RankRuntime:
     @handles("F")
     def _forward(self, ins: Instruction) -> None:
         stage = self.split.stages[ins.stage]
-        args, leaves = [], []
-        for name in stage.inputs:
-            tensor = self._input(name, ins)
-            args.append(tensor)
-            if tensor.requires_grad:
-                leaves.append((name, tensor))
+        args = [self._input(name, ins) for name in stage.inputs]
+        key = (ins.stage, ins.mb)
+        if key in self._dropping:  # recomputed later: keep the inputs and the RNG state only
+            self._saved[key] = _Saved(args=args, rng=self._rng_state())
+            with torch.no_grad(), self._autocast():
+                outs = self.modules[ins.stage](*args)
+            self._publish(ins, stage, outs)
+            return
         with self._autocast():
             outs = self.modules[ins.stage](*args)
-        if isinstance(outs, torch.Tensor):
-            outs = (outs,)
-        keep = []
-        for name, out in zip(stage.outputs, outs):
+        self._publish(ins, stage, outs)
+        self._acts[key] = _Act(inputs=_leaves(stage, args), outputs=self._kept(stage, outs))
+
+    @handles("RF")
+    def _recompute(self, ins: Instruction) -> None:
+        """The forward again, with grad, from the inputs and RNG state its dropping forward
+        kept; its outputs were already sent or handed on, so they only feed the backward."""
+        saved = self._saved.pop((ins.stage, ins.mb), None)
+        if saved is None:
+            raise RunError(f"rank {self.rank}: {ins} runs before the forward of its microbatch")
+        stage = self.split.stages[ins.stage]
+        with torch.random.fork_rng(devices=self._rng_devices(), device_type=self.device.type):
+            self._set_rng_state(saved.rng)
+            with self._autocast():
+                outs = self.modules[ins.stage](*saved.args)
+        self._acts[(ins.stage, ins.mb)] = _Act(inputs=_leaves(stage, saved.args),
+                                               outputs=self._kept(stage, outs))
+
+    def _publish(self, ins: Instruction, stage, outs) -> None:
+        """Record the loss and hand outputs to the sends and local stages that read them."""
+        for name, out in zip(stage.outputs, _as_tuple(outs)):
             if name == self.split.loss_name:
                 self._losses[ins.mb] = out.detach()
-                keep.append((name, out))
-                continue
-            if self._left[(name, ins.mb)]:
+            elif self._left[(name, ins.mb)]:
                 self._fwd[(name, ins.mb)] = (out, None)
+
+    def _kept(self, stage, outs) -> list[tuple[str, torch.Tensor]]:
+        """Outputs a gradient can flow into: the loss and values with grad-needing consumers."""
+        keep = []
+        for name, out in zip(stage.outputs, _as_tuple(outs)):
             value = self.values.get(name)
-            if value is not None and value.requires_grad and out.requires_grad:
+            if name == self.split.loss_name or (value is not None and value.requires_grad and out.requires_grad):
                 keep.append((name, out))
-        self._acts[(ins.stage, ins.mb)] = _Act(inputs=leaves, outputs=keep)
+        return keep
+
+    def _rng_devices(self) -> list:
+        return [self.device] if self.device.type == "cuda" else []
+
+    def _rng_state(self) -> tuple:
+        device = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return torch.get_rng_state(), device
+
+    def _set_rng_state(self, state: tuple) -> None:
+        cpu, device = state
+        torch.set_rng_state(cpu)
+        if device is not None:
+            torch.cuda.set_rng_state(device, self.device)
 
     def _input(self, name: str, ins: Instruction) -> torch.Tensor:
         value = self.values.get(name)
@@ -461,6 +509,15 @@ class RankRuntime:
                 for spec in ins.tensors:
                     uses[(spec.name, ins.mb)] += 1
         return uses
+
+
+def _as_tuple(outs) -> tuple:
+    return (outs,) if isinstance(outs, torch.Tensor) else tuple(outs)
+
+
+def _leaves(stage, args: list[torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
+    """Stage inputs that want a gradient, by value name."""
+    return [(name, t) for name, t in zip(stage.inputs, args) if t.requires_grad]
 
 
 def _freer(originals: list[torch.Tensor], sent: list[torch.Tensor]) -> list[Callable[[], None]]:

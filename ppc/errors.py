@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+EXCERPT_WIDTH = 100
+"""Widest source excerpt under an error (a longer line is cut around the column)."""
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SourcePos:
@@ -22,10 +25,18 @@ class SourcePos:
         return f"{self.path}:{self.line}:{self.col}"
 
     def excerpt(self) -> str:
-        """The source line and a caret under the column, or "" without a source."""
+        """The source line and a caret under the column, or "" without a source; a long
+        line is cut to EXCERPT_WIDTH characters around the column."""
         if not self.source_line:
             return ""
-        return f"\n    {self.source_line}\n    {' ' * (self.col - 1)}^"
+        line, caret = self.source_line, self.col - 1
+        if len(line) > EXCERPT_WIDTH:
+            start = max(0, min(caret - EXCERPT_WIDTH // 2, len(line) - EXCERPT_WIDTH))
+            head = "..." if start else ""
+            tail = "..." if start + EXCERPT_WIDTH < len(line) else ""
+            line = head + line[start:start + EXCERPT_WIDTH] + tail
+            caret += len(head) - start
+        return f"\n    {line}\n    {' ' * caret}^"
 
 
 class PpcError(Exception):
@@ -68,3 +79,7 @@ class ModelError(PpcError):
 
 class RunError(PpcError):
     """A training run that cannot start or that failed on some rank."""
+
+
+class InputError(PpcError):
+    """A user file that cannot be read, is too large, or is not valid UTF-8."""

@@ -114,6 +114,7 @@ def _detailed(plt, groups, horizon: float, measured):
     axes = [row[0] for row in rows]
     for ax, (timeline, rank_lanes) in zip(axes, groups):
         _boxes(ax, rank_lanes, stage_chunks(timeline.program), timeline.program.virtual, (0.0, horizon))
+        _reductions(ax, timeline, (0.0, horizon))
         _rank_axis(ax, timeline.program.ranks)
         ax.set_title(_caption(timeline), fontsize=9, loc="left")
     if measured is not None:
@@ -151,6 +152,7 @@ def _overview(plt, groups, horizon: float):
         chunks = stage_chunks(program)
         for ax, (lo, hi, name) in zip(rows[2 * i + 1], _windows(timeline)):
             _boxes(ax, rank_lanes, chunks, program.virtual, (lo, hi))
+            _reductions(ax, timeline, (lo, hi))
             _rank_axis(ax, program.ranks)
             ax.set_xlim(lo, hi)
             ax.set_title(f"{name}: {lo:.4g} to {hi:.4g} {timeline.costs.unit}", fontsize=9, loc="left")
@@ -230,6 +232,27 @@ def _boxes(ax, rank_lanes: list[Lane], chunks: np.ndarray, virtual: int, window:
                     va="center", fontsize=6, clip_on=True)
 
 
+def reduce_spans(timeline: Timeline) -> list[tuple[int, float, float]]:
+    """(rank, start, end) of every data-parallel reduction that takes time."""
+    if timeline.dp <= 1:
+        return []
+    is_reduce = ops.Codes.get().is_reduce
+    return [(s.rank, s.start, s.end) for s in timeline.spans()
+            if is_reduce[s.instruction.op.code] and s.end > s.start]
+
+
+def _reductions(ax, timeline: Timeline, window: tuple[float, float]) -> None:
+    """The reductions, which run on the network beside compute, as thin bars along the
+    bottom edge of each rank's row, in REDUCE_GRAD's colour."""
+    from matplotlib.collections import PolyCollection
+
+    lo, hi = window
+    spans = [(r, a, b) for r, a, b in reduce_spans(timeline) if b > lo and a < hi]
+    if spans:
+        verts = [((a, r + 0.41), (a, r + 0.5), (b, r + 0.5), (b, r + 0.41)) for r, a, b in spans]
+        ax.add_collection(PolyCollection(verts, facecolors=ops.get("REDUCE_GRAD").colour, edgecolors="none"))
+
+
 def _rank_axis(ax, ranks: int) -> None:
     step = 1 if ranks <= 32 else (4 if ranks <= 128 else 16)
     ax.set_ylim(ranks - 0.5, -0.5)
@@ -250,6 +273,8 @@ def _legend(fig, groups) -> None:
     virtual = max(t.program.virtual for t, _ in groups)
     used = set().union(*(np.unique(lane.code).tolist() for _, ls in groups for lane in ls))
     handles = [Patch(color=colour, label=k) for k, c, colour in _compute_kinds() if c in used]
+    if any(reduce_spans(t) for t, _ in groups):
+        handles.append(Patch(color=ops.get("REDUCE_GRAD").colour, label="REDUCE_GRAD (network)"))
     if virtual > 1:
         handles += [Patch(color=_shaded("#808080", c, virtual), label=f"stage {c + 1} of {virtual} on a rank")
                     for c in range(virtual)]

@@ -6,7 +6,8 @@ from ppc.sim.timeline import Timeline
 
 
 def to_json(timeline: Timeline) -> dict:
-    """The `ppc simulate --json` document."""
+    """The `ppc simulate --json` document (per rank, with data parallelism, its reduction
+    time and the exposed part of it)."""
     program = timeline.program
     return {
         "schedule": program.schedule,
@@ -16,6 +17,9 @@ def to_json(timeline: Timeline) -> dict:
         "unit": timeline.costs.unit,
         "makespan": timeline.makespan,
         "bubble": timeline.bubble,
+        "dp": timeline.dp,
+        "zero": timeline.zero,
+        "exposed_reduce": timeline.exposed_reduce,
         "per_rank": [
             {
                 "rank": s.rank,
@@ -24,6 +28,7 @@ def to_json(timeline: Timeline) -> dict:
                 "bubble": s.bubble,
                 "peak_activations": s.peak_activations,
                 "peak_bytes": s.peak_bytes,
+                **({"reduce": s.reduce, "exposed_reduce": s.exposed_reduce} if timeline.dp > 1 else {}),
             }
             for s in timeline.per_rank
         ],

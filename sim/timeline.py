@@ -4,8 +4,17 @@ Semantics (what the executor does): a rank runs its instructions in order; a com
 takes its cost; a send is posted without waiting and its message arrives after the
 transfer time (latency + bytes / bandwidth); a receive waits for its message; a
 REDUCE_TIED waits for all owning ranks and takes the transfer time of its tensor; STEP
-takes the optimizer time of the rank's stages (0 unless the costs give `step`). From the start and end of every instruction follow the makespan, each
-rank's busy and idle time, the bubble and the critical path.
+takes the optimizer time of the rank's stages (0 unless the costs give `step`). From the
+start and end of every instruction follow the makespan, each rank's busy and idle time,
+the bubble and the critical path.
+
+Data parallelism (D pipeline replicas, `dp`): one pipeline is simulated and the other
+replicas are cost terms. A REDUCE_GRAD starts when its rank reaches it and runs on the
+rank's network, one at a time in program order, for the ring all-reduce time of its
+gradient bytes (a reduce-scatter with ZeRO-1, `zero=1`, whose parameter all-gather then
+follows the optimizer step); the rank goes on computing meanwhile. STEP waits for the
+rank's outstanding reductions, then for its global sync. How much later STEP starts than
+it would without reductions is the rank's exposed reduction time.
 """
 
 from __future__ import annotations
@@ -39,6 +48,11 @@ class RankStats:
     """idle / makespan."""
     peak_activations: int
     peak_bytes: int | None
+    reduce: float = 0.0
+    """Network time of the rank's data-parallel gradient reductions (REDUCE_GRAD)."""
+    exposed_reduce: float = 0.0
+    """How much later the rank's STEP starts than it would without those reductions:
+    the part of them its compute did not hide."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,6 +80,15 @@ class Timeline:
     start: list[float]
     """start[offset[r] + i] of instruction i of rank r."""
     end: list[float]
+    dp: int = 1
+    """Pipeline replicas the reductions were timed for (the simulated pipeline is one)."""
+    zero: int = 0
+    """1: gradients reduce-scattered (ZeRO-1), parameters all-gathered after the step."""
+
+    @property
+    def exposed_reduce(self) -> float:
+        """The largest exposed reduction time of any rank."""
+        return max((s.exposed_reduce for s in self.per_rank), default=0.0)
 
     @property
     def bubble(self) -> float:
@@ -96,12 +119,18 @@ def simulate(
     *,
     graph: StageGraph | None = None,
     checked: ProgramGraph | None = None,
+    dp: int = 1,
+    zero: int = 0,
 ) -> Timeline:
-    """Validate `program` (unless `checked` is given) and time it under `costs`."""
+    """Validate `program` (unless `checked` is given) and time it under `costs`, its
+    gradient reductions (if any) across `dp` pipeline replicas."""
     if costs.stages != program.stages:
         raise CostError(f"costs give {costs.stages} stages, the program has {program.stages}")
+    if dp < 1 or zero not in (0, 1):
+        raise CostError(f"need dp >= 1 and zero 0 or 1, got dp={dp!r}, zero={zero!r}")
     pg = checked or check(program, graph)
-    start, end, pred, busy = _run(pg, costs)
+    network = _Network(pg, costs, dp, zero)
+    start, end, pred, busy = _run(pg, costs, network)
     makespan = max(end, default=0.0)
     memory = rank_memory(program, costs, codes=pg.code)
     stats = []
@@ -111,29 +140,68 @@ def simulate(
             RankStats(
                 rank=r, busy=busy[r], idle=idle, bubble=idle / makespan if makespan > 0 else 0.0,
                 peak_activations=memory[r].peak_activations, peak_bytes=memory[r].peak_bytes,
+                reduce=network.total[r], exposed_reduce=network.exposed[r],
             )
         )
     path = _critical_path(pg, start, end, pred)
     return Timeline(
         program=program, costs=costs, makespan=makespan, per_rank=tuple(stats),
-        critical_path=path, offset=tuple(pg.offset), start=start, end=end,
+        critical_path=path, offset=tuple(pg.offset), start=start, end=end, dp=dp, zero=zero,
     )
 
 
-def _run(pg: ProgramGraph, costs: CostModel):
+class _Network:
+    """Each rank's data-parallel reductions: they run one at a time, in program order,
+    beside the rank's compute. Both engines call `reduce` when a rank reaches a
+    REDUCE_GRAD and `drain` when it reaches STEP."""
+
+    def __init__(self, pg: ProgramGraph, costs: CostModel, dp: int, zero: int):
+        ranks = pg.program.ranks
+        is_reduce = ops.Codes.get().is_reduce
+        collective = costs.reduce_scatter if zero else costs.all_reduce
+        self.seconds = {g: collective(pg.instrs[g].bytes, dp) for g, c in enumerate(pg.code) if is_reduce[c]}
+        self.free = [0.0] * ranks
+        """When the rank's network finishes its last reduction started so far."""
+        self.last = [-1] * ranks
+        self.total = [0.0] * ranks
+        self.exposed = [0.0] * ranks
+        gathered = [0] * ranks  # ZeRO-1: each rank all-gathers its updated parameters after STEP
+        for g in self.seconds:
+            gathered[pg.rank_of[g]] += pg.instrs[g].bytes
+        self.after_step = [costs.reduce_scatter(b, dp) if zero else 0.0 for b in gathered]
+
+    def reduce(self, g: int, r: int, t: float, start: list[float], end: list[float], pred: list[int]) -> None:
+        """Rank r reaches reduction g at time t: it starts when the network is free."""
+        began = max(t, self.free[r])
+        if began > t:
+            pred[g] = self.last[r]
+        start[g], end[g] = began, began + self.seconds[g]
+        self.free[r], self.last[r] = end[g], g
+        self.total[r] += self.seconds[g]
+
+    def drain(self, g: int, r: int, t: float, pred: list[int]) -> float:
+        """Rank r reaches its STEP g at time t: when its reductions are all done."""
+        if self.free[r] <= t:
+            return t
+        self.exposed[r] = self.free[r] - t
+        pred[g] = self.last[r]
+        return self.free[r]
+
+
+def _run(pg: ProgramGraph, costs: CostModel, network: _Network):
     if costs.shares_cores(pg.program.ranks):
-        return _SharedCores(pg, costs).run()
+        return _SharedCores(pg, costs, network).run()
     instrs, code, partner, rank_of = pg.instrs, pg.code, pg.partner, pg.rank_of
     ranks = pg.program.ranks
     n = len(instrs)
     codes = ops.Codes.get()
     is_compute, is_comm, is_send, is_recv = codes.is_compute, codes.is_comm, codes.is_send, codes.is_recv
-    is_collective, is_step = codes.is_collective, codes.is_step
+    is_collective, is_step, is_reduce = codes.is_collective, codes.is_step, codes.is_reduce
     dur = _durations(costs)
     overlapped = _overlapped_durations(pg, costs)
     transfer = costs.transfer
     post_cost = costs.post
-    step_cost = _step_costs(pg, costs)
+    step_cost = [c + a for c, a in zip(_step_costs(pg, costs), network.after_step)]
     send_seconds = _send_seconds(costs)
     start = [0.0] * n
     end = [0.0] * n
@@ -206,8 +274,12 @@ def _run(pg: ProgramGraph, costs: CostModel):
                         mr = rank_of[m]
                         ptr[mr], free[mr] = m + 1, t
                         stack.append(mr)
+            elif is_reduce[c]:
+                network.reduce(g, r, t, start, end, pred)
             elif is_step[c]:
-                # the global gradient norm is all-reduced first: every rank waits for the last
+                # its own reductions first, then the global gradient norm is all-reduced:
+                # every rank waits for the last
+                t = network.drain(g, r, t, pred)
                 start[g] = t
                 steps_reached += 1
                 if steps_reached < len(steps):
@@ -262,8 +334,10 @@ def _send_seconds(costs: CostModel):
 
 
 def _step_costs(pg: ProgramGraph, costs: CostModel) -> list[float]:
-    placement = pg.program.placement
-    return [costs.step([s for s in range(len(placement)) if placement[s] == r]) for r in range(pg.program.ranks)]
+    stages_of: list[list[int]] = [[] for _ in range(pg.program.ranks)]
+    for stage, rank in enumerate(pg.program.placement):
+        stages_of[rank].append(stage)
+    return [costs.step(stages) for stages in stages_of]
 
 
 class _SharedCores:
@@ -278,14 +352,15 @@ class _SharedCores:
     semantics as the one-device-per-rank pass; busy time is wall time inside compute ops.
     """
 
-    def __init__(self, pg: ProgramGraph, costs: CostModel):
+    def __init__(self, pg: ProgramGraph, costs: CostModel, network: _Network | None = None):
         self.pg, self.costs = pg, costs
+        self.network = network or _Network(pg, costs, 1, 0)
         n = len(pg.instrs)
         self.ranks = pg.program.ranks
         self.dur = _durations(costs)
         self.overlapped = _overlapped_durations(pg, costs)
         self.codes = ops.Codes.get()
-        self.step_cost = _step_costs(pg, costs)
+        self.step_cost = [c + a for c, a in zip(_step_costs(pg, costs), self.network.after_step)]
         self.send_seconds = _send_seconds(costs)
         self.start, self.end, self.pred = [0.0] * n, [0.0] * n, [-1] * n
         self.arrive = [0.0] * n
@@ -407,10 +482,16 @@ class _SharedCores:
                 else:
                     self.ptr[r] = g
                 return
+            elif codes.is_reduce[c]:  # on the network: the rank goes on at once
+                self.network.reduce(g, r, now, self.start, self.end, self.pred)
             elif codes.is_step[c]:
                 self.ptr[r] = g
                 if self.reached[g]:  # synced: the optimizer step itself
                     self._compute(r, self.step_cost[r], ends=True)
+                    return
+                done = self.network.drain(g, r, now, self.pred)
+                if done > now:  # its reductions first
+                    heapq.heappush(self.sleep, (done, r))
                     return
                 self.reached[g] = 1
                 self.start[g] = now

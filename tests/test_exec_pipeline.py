@@ -47,10 +47,37 @@ per rank r {
 }
 '''
 
+RECOMPUTE = '''"""1F1B recomputing every other microbatch (RF before its backward); with split = 1
+the backward is I, and each W follows the next I."""
+schedule recompute_1f1b
+param split = 0
+placement loop
+per rank r {
+  let s = stage(r, 0)
+  let warmup = min(R - r - 1, M)
+  for k in 0 .. M + warmup {
+    if k < M { F(s, k) }
+    let m = k - warmup
+    if m >= 0 {
+      if m % 2 == split { RF(s, m) }
+      if split {
+        I(s, m)
+        if m > 0 { W(s, m - 1) }
+      } else { B(s, m) }
+    }
+  }
+  if split { W(s, M - 1) }
+}
+'''
+
 
 def cases(tmp: Path) -> list[tuple[str, str, int]]:
     custom = tmp / "gpipe_split.ppc"
     custom.write_text(CUSTOM)
+    recompute = tmp / "recompute_1f1b.ppc"
+    recompute.write_text(RECOMPUTE)
+    recompute_split = tmp / "recompute_split.ppc"
+    recompute_split.write_text(RECOMPUTE.replace("param split = 0", "param split = 1"))
     csv = tmp / "1f1b.csv"
     order = load_schedule("1f1b").expand(ranks=WORLD, microbatches=CONFIG.microbatches)
     csv.write_text(write_csv(order))
@@ -64,6 +91,8 @@ def cases(tmp: Path) -> list[tuple[str, str, int]]:
         ("interleaved_zb", "interleaved_zb", 2),
         ("custom_ppc", str(custom), 1),
         ("torch_csv", str(csv), 1),
+        ("recompute", str(recompute), 1),
+        ("recompute_split", str(recompute_split), 1),
     ]
 
 
@@ -149,7 +178,7 @@ def references():
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize(
     "case", ["gpipe", "1f1b", "interleaved_1f1b", "zb_h1", "zbv", "interleaved_zb", "dualpipev", "custom_ppc",
-             "torch_csv"]
+             "torch_csv", "recompute", "recompute_split"]
 )
 def test_pipeline_equals_reference(model, case, pipeline_runs, references):
     losses, weights = pipeline_runs[model, case]

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCES = {"ppc": ROOT / "ppc", "ppc.sim": ROOT / "sim", "ppc.exec": ROOT / "exec"}
 
 LAYER = {
-    "ppc.errors": 0, "ppc.ir": 0, "ppc.host": 1, "ppc.costs": 1, "ppc.balance": 1,
+    "ppc.errors": 0, "ppc.inputs": 0, "ppc.ir": 0, "ppc.costs_schema": 1, "ppc.host": 1, "ppc.costs": 1, "ppc.balance": 1,
     "ppc.verify": 2, "ppc.lang": 2, "ppc.schedules": 2,
     "ppc.compiler": 3, "ppc.frontend": 3,
     "ppc.sim": 4, "ppc.exec": 4,

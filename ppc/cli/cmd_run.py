@@ -30,6 +30,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g = p.add_argument_group("model and schedule")
     g.add_argument("--model", default="tiny-llama", help="preset name or local HF directory")
     g.add_argument("--schedule", default="1f1b", help="built-in name, .ppc file or torch .csv")
+    g.add_argument("--allow-missing-keys", action="store_true",
+                   help="train although --model DIR's weights lack some parameters (they start random)")
+    g.add_argument("--allow-unexpected-keys", action="store_true",
+                   help="train although --model DIR's weights hold tensors the model does not have")
     add_ranks(g, default=4, help="pipeline ranks R (world size = D x R)")
     add_virtual(g)
     g.add_argument("--placement", choices=("loop", "v"), help="override the schedule's placement")
@@ -77,8 +81,9 @@ def _config(args):
 
     device = args.device or _default_device()
     return RunConfig(
-        model=args.model, schedule=args.schedule, ranks=args.ranks, virtual=args.virtual,
-        dp=_replicas(args), zero=args.zero, placement=args.placement, split=args.split,
+        model=args.model, allow_missing_keys=args.allow_missing_keys,
+        allow_unexpected_keys=args.allow_unexpected_keys, schedule=args.schedule, ranks=args.ranks,
+        virtual=args.virtual, dp=_replicas(args), zero=args.zero, placement=args.placement, split=args.split,
         microbatches=args.microbatches,
         microbatch_size=args.microbatch_size, seq_len=args.seq_len, steps=args.steps, lr=args.lr,
         warmup=args.warmup, weight_decay=args.weight_decay, clip=args.clip or None, seed=args.seed,
@@ -202,6 +207,9 @@ def _run_worker(config, args) -> int:
 def _run_reference(config, args) -> int:
     import torch
 
+    from ppc.host import threads_per_rank
+
+    torch.set_num_threads(threads_per_rank(1))  # the cores this process may use, as ranks do
     from ppc.exec.checkpoint import write_hf
     from ppc.exec.reference import train_reference
 

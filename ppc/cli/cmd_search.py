@@ -33,6 +33,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--time-limit", type=float, default=30.0, metavar="S", help="solver seconds")
     p.add_argument("--workers", type=int, default=None, help="solver threads (default: cores, at most 8)")
     p.add_argument("--no-split-backward", action="store_true", help="run each backward as one B, not I then W")
+    p.add_argument("--recompute", action="store_true", help="let the search recompute forwards (RF): a pair "
+                   "holds no activations between its F and its RF, and RF costs a forward")
     add_out(p, default="search.csv", metavar="FILE.csv", help="where to write the orders")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
@@ -50,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         ranks=args.ranks, microbatches=args.microbatches, virtual=args.virtual, placement=args.placement,
         costs=costs, memory=parse_budget(args.memory, costs) if args.memory else None,
         time_limit=args.time_limit, workers=args.workers, split_backward=not args.no_split_backward,
+        recompute=args.recompute,
     )
     with _progress(args.time_limit) as report:
         result = search(request, progress=report)
@@ -157,6 +160,7 @@ def _to_json(result, request, schedule: str, costs_file: str | None) -> dict:
              "peak_activations": max(a for a, _ in c.peaks)}
             for c in result.builtins
         ],
+        "recomputed": sum(a.kind.name == "RF" for row in result.order.compute for a in row),
         "schedule": schedule,
         "costs": costs_file,
     }
@@ -180,6 +184,10 @@ def _print(result, request, out: Path, costs_spec: str | None) -> None:
     proof = "optimal (proven)" if result.optimal else f"gap {result.gap:.2%} to the lower bound"
     console.print(f"step {result.makespan:.6g} {unit}, lower bound {result.lower_bound:.6g} {unit}: {proof} "
                   f"(solver {result.status} in {result.wall_time:.1f} s)", highlight=False)
+    recomputed = sum(a.kind.name == "RF" for row in result.order.compute for a in row)
+    if recomputed:
+        console.print(f"{recomputed} of {request.microbatches * request.ranks * request.virtual} "
+                      "(stage, microbatch) forwards recomputed (RF)", highlight=False)
     if result.source != "search":
         console.print(f"the solver found nothing faster than the warm start: {result.source}", highlight=False)
     fitting = [c for c in result.builtins if c.fits]

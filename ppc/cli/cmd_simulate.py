@@ -36,6 +36,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="SPEC",
         help="F=1,I=1,W=1[,latency=..,bandwidth=..] or a costs .json file (default: F=I=W=1)",
     )
+    parser.add_argument(
+        "--dp", type=int, default=1, metavar="D",
+        help="pipeline replicas (data parallelism, world = D x R): one pipeline is simulated, each "
+        "stage's gradients reduced across the D replicas by the costs' collective terms (default 1)",
+    )
+    parser.add_argument("--zero", type=int, choices=(0, 1), default=0,
+                        help="1: reduce-scatter gradients (ZeRO-1), all-gather parameters after the step")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     add_out(parser, help="write the timeline: .svg/.png/.html picture or .json trace")
     parser.add_argument("--compare", action="store_true", help="compare the schedules side by side")
@@ -91,6 +98,8 @@ def simulate_schedule(spec: str, args: argparse.Namespace):
     if args.model:  # real transfer and activation bytes; FLOP-estimated costs unless given
         split = build_model_split(args, order)
         graph = split.graph
+        if not graph.param_bytes:  # fp32 gradients of each stage's parameters
+            graph = dataclasses.replace(graph, param_bytes=tuple(GRAD_BYTES * s.params for s in split.stages))
         costs = CostModel.load(args.costs, order.stages) if args.costs else flop_costs(split)
         if not costs.activation_bytes:
             costs = dataclasses.replace(costs, activation_bytes=tuple(graph.activation_bytes))
@@ -98,19 +107,26 @@ def simulate_schedule(spec: str, args: argparse.Namespace):
         costs, graph = costs_and_graph(args.costs, order.stages)
         if args.compare and order.virtual > 1 and not _is_file(args.costs):
             costs = per_model(costs, order.virtual)
-    return simulate_order(order, costs, graph)
+    return simulate_order(order, costs, graph, dp=args.dp, zero=args.zero)
+
+
+GRAD_BYTES = 4
+"""Bytes per parameter a gradient reduction moves (fp32 gradients)."""
 
 
 def _simulate_program_file(path: str, args: argparse.Namespace):
     """Time a compiled program as written (`ppc compile --format json`), validated first."""
-    from ppc.costs import CostModel, read_costs_json
+    from ppc.costs import CostModel
+    from ppc.errors import ValidationError
+    from ppc.inputs import read_json
     from ppc.ir.program import program_file
     from ppc.sim.timeline import simulate
     from ppc.verify.program import check
 
-    program, graph = program_file(read_costs_json(path), path)
+    data = read_json(path, error=ValidationError, what="compiled program", limit=2**30)
+    program, graph = program_file(data, path)
     costs = CostModel.load(args.costs, program.stages)
-    return simulate(program, costs, graph=graph, checked=check(program, graph))
+    return simulate(program, costs, graph=graph, checked=check(program, graph), dp=args.dp, zero=args.zero)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -118,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out:
         _check_out(args.out)
+    if args.dp < 1:
+        raise PpcError(f"--dp needs at least 1 replica, got {args.dp}")
     with _progress() as say:
         gc.disable()  # millions of small acyclic objects: the cyclic collector only costs time
         try:
@@ -170,6 +188,8 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"note: {timeline.program.ranks} ranks share {costs.cores:g} cores of one host "
                       f"({costs.threads} thread(s) each): ops slow down while more ranks compute than the cores hold",
                       highlight=False)
+    if timeline.dp > 1:
+        console.print(_reduce_note(timeline), highlight=False)
     if comparison is not None:
         console.print(
             f"step time: predicted {comparison.predicted_makespan:.4g} s, measured "
@@ -283,14 +303,28 @@ def _rank_table(timeline):
         f"makespan {timeline.makespan:g} {timeline.costs.unit}  bubble {timeline.bubble:.2%}"
     )
     table = Table(title=title)
-    for name in ("rank", "busy", "idle", "bubble", "peak activations", "peak bytes"):
+    dp = timeline.dp > 1
+    for name in ("rank", "busy", "idle", "bubble", "peak activations", "peak bytes") + (
+            ("reduce", "exposed reduce") if dp else ()):
         table.add_column(name, justify="right")
     for s in timeline.per_rank:
         table.add_row(
             str(s.rank), f"{s.busy:g}", f"{s.idle:g}", f"{s.bubble:.2%}", str(s.peak_activations),
             "-" if s.peak_bytes is None else f"{s.peak_bytes:,}",
+            *((f"{s.reduce:g}", f"{s.exposed_reduce:g}") if dp else ()),
         )
     return table
+
+
+def _reduce_note(timeline) -> str:
+    program, costs = timeline.program, timeline.costs
+    reduces = [s for s in timeline.spans() if s.instruction.op.name == "REDUCE_GRAD"]
+    sent = sum(s.instruction.bytes for s in reduces)
+    kind = "reduce-scatter (ZeRO-1)" if timeline.zero else "all-reduce"
+    return (f"note: DP {timeline.dp} x PP {program.ranks} = {timeline.dp * program.ranks} ranks, one pipeline "
+            f"simulated: {len(reduces)} REDUCE_GRAD ({kind}, ring) of {sent:,} gradient bytes in all; "
+            f"exposed reduction up to {timeline.exposed_reduce:g} {costs.unit}"
+            + ("" if sent else "; no gradient bytes known: give --model or the costs' param_bytes"))
 
 
 def _compare_table(timelines):

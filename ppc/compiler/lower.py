@@ -180,6 +180,8 @@ def _append_step_ops(rows: list[list[Instruction]], graph: StageGraph, placement
         for rank in sorted({placement[s] for s in tied.stages}):
             stage = min(s for s in tied.stages if placement[s] == rank)
             rows[rank].append(Instruction(op=Op.REDUCE_TIED, stage=stage, mb=0, tensors=(spec,)))
+    first: dict[int, int] = {}
+    for stage, rank in enumerate(placement):
+        first.setdefault(rank, stage)
     for rank, row in enumerate(rows):
-        first = min(s for s, r in enumerate(placement) if r == rank) if rank in placement else 0
-        row.append(Instruction(op=Op.STEP, stage=first, mb=0))
+        row.append(Instruction(op=Op.STEP, stage=first.get(rank, 0), mb=0))

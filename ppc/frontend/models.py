@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -224,30 +224,79 @@ def fill(param: torch.Tensor, value: torch.Tensor) -> None:
         param.copy_(value.to(device=param.device, dtype=param.dtype))
 
 
+def weight_files(directory: str | Path) -> list[Path]:
+    """A model directory's weight files: its safetensors, else its PyTorch `.bin` files."""
+    directory = Path(directory)
+    return sorted(directory.glob("*.safetensors")) or sorted(directory.glob("pytorch_model*.bin"))
+
+
 def weights_dir(model: str) -> Path | None:
     if model in PRESETS:
         return None
     path = Path(model)
-    return path if any(path.glob("*.safetensors")) else None
+    return path if weight_files(path) else None
+
+
+def _tensors(file: Path) -> Iterator[tuple[str, Callable[[], torch.Tensor]]]:
+    """(name, loader) of each tensor in a weight file; `.bin` files load with
+    weights_only=True (no code runs), memory-mapped."""
+    if file.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
+                yield key, (lambda key=key: handle.get_tensor(key))
+        return
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file: name it, one line
+        raise ModelError(f"{file}: cannot load weights ({type(error).__name__}: {error})") from None
+    for key, value in state.items():
+        yield key, (lambda value=value: value)
+
+
+def checkpoint_keys(directory: str | Path) -> set[str]:
+    """Names of every tensor in a model directory's weight files."""
+    return {key for file in weight_files(directory) for key, _ in _tensors(file)}
+
+
+def check_checkpoint(model: str, *, allow_missing: bool = False, allow_unexpected: bool = False) -> None:
+    """A model directory's weights against the model's parameters: one ModelError line for
+    missing or unexpected keys (unless allowed), so nothing trains from a silent random
+    init. Tied parameters count once; a directory without weight files is a random init."""
+    directory = weights_dir(model)
+    if directory is None:
+        return
+    skeleton = build_model(model, device="meta")  # tied parameters tied: one object, several names
+    aliases: dict[int, set[str]] = {}
+    for name, param in skeleton.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(param), set()).add(name)
+    found = checkpoint_keys(directory)
+    known = set().union(*aliases.values())
+    missing = sorted(min(names) for names in aliases.values() if not names & found)
+    unexpected = sorted(found - known - {n for n, _ in skeleton.named_buffers()})
+    for names, allowed, what, flag in ((missing, allow_missing, "missing", "--allow-missing-keys"),
+                                       (unexpected, allow_unexpected, "unexpected", "--allow-unexpected-keys")):
+        if names and not allowed:
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            raise ModelError(f"{directory}: {len(names)} {what} parameter(s) in its weights: {shown} "
+                             f"(pass {flag} to train anyway)")
 
 
 def load_weights(module: nn.Module, directory: Path, names: dict[str, str]) -> list[str]:
-    """Copy into `module` the tensors of `directory`'s safetensors files that it holds
+    """Copy into `module` the tensors of `directory`'s weight files that it holds
     (`names`: local name -> checkpoint name); reads only those tensors. Returns the
     checkpoint names loaded."""
-    from safetensors import safe_open
-
     wanted: dict[str, list[str]] = {}
     for local, canonical in names.items():
         wanted.setdefault(canonical, []).append(local)
     params = dict(module.named_parameters(remove_duplicate=False))
     loaded = []
-    for file in sorted(Path(directory).glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as handle:
-            for key in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
-                for local in wanted.get(key, ()):
-                    fill(params[local], handle.get_tensor(key))
-                    loaded.append(key)
+    for file in weight_files(directory):
+        for key, tensor in _tensors(file):
+            for local in wanted.get(key, ()):
+                fill(params[local], tensor())
+                loaded.append(key)
     return loaded
 
 

@@ -76,6 +76,13 @@ class OpKind:
     (CostModel, parts) -> time, its parts given as (kind, stage, mb)."""
     needs: tuple[str, ...] = ()
     """Phases of the same (stage, microbatch) that must have run before it on the rank."""
+    precedes: tuple[str, ...] = ()
+    """Phases of the same (stage, microbatch) that must not have run before it on the rank
+    (it comes before the op that computes them)."""
+    drops: tuple[str, ...] = ()
+    """Phases after which a (stage, microbatch) that has this op keeps nothing: its
+    activations are released right after the op that computes the phase, and this op's
+    own `memory` effect holds them again (recompute)."""
     phases: tuple[str, ...] = ()
     """Parts of a (stage, microbatch)'s work it performs: each required phase runs exactly
     once per (stage, microbatch), by one op ("forward"; "input_grad", "weight_grad")."""
@@ -331,6 +338,11 @@ def _builtin() -> None:
                pairing="its parts pair as an F and an I would", category=compute,
                csv="OVERLAP_F_B", statement=True, cost=_overlapped, parts=(("F",), ("I",)),
                colour="#c97a5c"),
+        OpKind(name="RF", doc="Recompute (re-forward) of (stage, mb), whose forward kept only its inputs.",
+               pairing="at most once per (stage, mb), after its forward and before its backward",
+               category=compute, statement=True, cost=_forward, needs=("forward",),
+               precedes=("input_grad",), drops=("forward",), memory=Memory(sets=1, whole=1.0),
+               colour="#8fc7f0"),
         OpKind(name="SEND_F", doc="Send activations of (stage, mb) to `peer`.",
                pairing="matched by exactly one RECV_F on the peer", category=send, csv="SEND_F",
                colour="#7f8c8d", carries="activations"),

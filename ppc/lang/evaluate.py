@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from ppc.errors import ScheduleError
 from ppc.lang import ast
+from ppc.lang.limits import MAX_VALUE
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,6 +103,8 @@ def _compile_binop(expr: ast.BinOp) -> Compiled:
     if expr.op == "or":
         return lambda scope: int(bool(left(scope)) or bool(right(scope)))
     apply = _ARITH[expr.op]
+    if expr.op == "*":  # the one operator that can grow a value fast (x * x * x ...)
+        return _bounded_product(expr, left, right)
     if expr.op not in ("//", "%"):
         return lambda scope: apply(left(scope), right(scope))
 
@@ -112,6 +115,16 @@ def _compile_binop(expr: ast.BinOp) -> Compiled:
         return apply(a, b)
 
     return divide
+
+
+def _bounded_product(expr: ast.BinOp, left: Compiled, right: Compiled) -> Compiled:
+    def product(scope: Scope) -> int:
+        value = left(scope) * right(scope)
+        if -MAX_VALUE <= value <= MAX_VALUE:
+            return value
+        raise ScheduleError("product out of range: its magnitude exceeds 2**63", pos=expr.pos)
+
+    return product
 
 
 def _call(expr: ast.Call, scope: Scope) -> int:

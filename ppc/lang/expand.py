@@ -15,6 +15,7 @@ from ppc.errors import ConstraintError, ScheduleError, SourcePos
 from ppc.ir.order import Action, ComputeOrder
 from ppc.lang import ast, placement, policy
 from ppc.lang.evaluate import BASE_FUNCTIONS, Scope, evaluate
+from ppc.lang.limits import MAX_VALUE, STATEMENTS_PER_OP, check_order_size
 from ppc.verify.order import check_order
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,9 @@ def expand(
     if virtual is None:
         virtual = default_virtual(schedule)
     _check_sizes(ranks, microbatches, virtual)
+    is_policy = isinstance(schedule.body, ast.Policy)
+    per_pair = 3 if is_policy and schedule.body.split_backward else 2
+    check_order_size(ranks, microbatches, virtual, per_pair=per_pair)
     scope = bind_params(schedule, ranks, microbatches, virtual, params or {})
     check_requires(schedule, scope)
     layout = placement.Layout.of(_placement(schedule, scope, placement_kind), ranks)
@@ -45,7 +49,8 @@ def expand(
     if isinstance(schedule.body, ast.Policy):
         rows = policy.list_schedule(schedule.body, layout=layout, microbatches=microbatches, scope=scope)
     else:
-        rows = [_run_rank(schedule.body, rank, scope, microbatches) for rank in range(ranks)]
+        budget = _Budget(STATEMENTS_PER_OP * 3 * len(layout.placement) * microbatches + 10_000)
+        rows = [_run_rank(schedule.body, rank, scope, microbatches, budget) for rank in range(ranks)]
     order = ComputeOrder(
         schedule=schedule.name,
         ranks=ranks,
@@ -117,16 +122,34 @@ def _functions(layout: placement.Layout) -> dict:
     return {**BASE_FUNCTIONS, "stage": layout.stage, "rank": layout.rank}
 
 
+class _Budget:
+    """Statements all ranks may still run: a loop bound gone wrong ends in an error, not a hang."""
+
+    def __init__(self, statements: int):
+        self.total = self.left = statements
+
+    def spend(self, stmt: ast.Stmt) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise ScheduleError(
+                f"expansion ran {self.total:,} statements without finishing ({STATEMENTS_PER_OP} "
+                "per op of the order): is a loop bound wrong?",
+                pos=stmt.pos,
+            )
+
+
 class _RankProgram:
     """Runs one rank's statements, collecting (Action, SourcePos) in program order."""
 
-    def __init__(self, microbatches: int, stages: int):
+    def __init__(self, microbatches: int, stages: int, budget: _Budget):
         self.ops: list[tuple[Action, SourcePos]] = []
         self.counts: dict[tuple[str, int], int] = defaultdict(int)
         self.limit = 4 * stages * microbatches + 16
+        self.budget = budget
 
     def run(self, body: tuple[ast.Stmt, ...], scope: Scope) -> None:
         for stmt in body:
+            self.budget.spend(stmt)
             if isinstance(stmt, ast.Let):
                 scope = scope.with_name(stmt.name, evaluate(stmt.value, scope))
             elif isinstance(stmt, ast.For):
@@ -141,6 +164,8 @@ class _RankProgram:
         stage = evaluate(stmt.stage, scope)
         key = (stmt.kind.name, stage)
         mb = self.counts[key] if stmt.mb is None else evaluate(stmt.mb, scope)
+        if not (-MAX_VALUE <= stage <= MAX_VALUE and -MAX_VALUE <= mb <= MAX_VALUE):
+            raise ScheduleError(f"{stmt.kind.name}: stage or microbatch above 2**63", pos=stmt.pos)
         self.counts[key] += 1
         return Action(stage=stage, kind=stmt.kind, mb=mb)
 
@@ -148,6 +173,7 @@ class _RankProgram:
         start, stop = evaluate(stmt.start, scope), evaluate(stmt.stop, scope)
         values = range(stop - 1, start - 1, -1) if stmt.reverse else range(start, stop)
         for value in values:
+            self.budget.spend(stmt)
             self.run(stmt.body, scope.with_name(stmt.var, value))
 
     def _op(self, stmt: ast.Op, scope: Scope) -> None:
@@ -161,7 +187,8 @@ class _RankProgram:
             raise ScheduleError(f"this rank's program produces more than {self.limit} ops", pos=stmt.pos)
 
 
-def _run_rank(body: ast.PerRank, rank: int, scope: Scope, microbatches: int):
-    program = _RankProgram(microbatches, scope.names["S"])
+def _run_rank(body: ast.PerRank, rank: int, scope: Scope, microbatches: int, budget: _Budget):
+    # a rank holds V stages, so 4 x V x M bounds its ops (all ranks: linear in the order)
+    program = _RankProgram(microbatches, scope.names["V"], budget)
     program.run(body.body, scope.with_name(body.var, rank))
     return program.ops

@@ -1,4 +1,9 @@
-"""Parse .ppc text into a ScheduleDef; lark errors become one-line ScheduleErrors."""
+"""Parse .ppc text into a ScheduleDef; lark errors become one-line ScheduleErrors.
+
+The tree is turned into the AST without recursion, and every expression and block
+records its nesting depth as it is built, so a file nested deeper than MAX_NESTING is
+refused at the first node past the limit (expansion recurses over the AST).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,17 @@ import functools
 import importlib.resources
 
 import lark
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, v_args
+from lark.visitors import Transformer_NonRecursive
 
 from ppc.errors import PpcError, ScheduleError, SourcePos
 from ppc.ir import ops
 from ppc.ir.order import Kind
 from ppc.lang import ast
+from ppc.lang.limits import MAX_LITERAL_DIGITS, MAX_NESTING
+
+RESERVED = ("R", "M", "V", "S")
+"""Names the language binds itself (ranks, microbatches, stages per rank, stages)."""
 
 _FRIENDLY = {
     "NAME": "a name",
@@ -45,14 +55,16 @@ ops.on_change(_parser.cache_clear)
 
 def parse(text: str, path: str = "<string>") -> ast.ScheduleDef:
     """Parse schedule source; raises ScheduleError with file:line:col and a caret."""
-    lines = text.splitlines()
+    lines = [line.rstrip("\r") for line in text.split("\n")]  # lines as lark counts them
     try:
         tree = _parser().parse(text)
         return _ToAst(path, lines).transform(tree)
     except lark.exceptions.VisitError as error:
         if isinstance(error.orig_exc, PpcError):
             raise error.orig_exc from None
-        raise
+        meta = getattr(error.obj, "meta", None)
+        pos = _pos(path, lines, getattr(meta, "line", 1), getattr(meta, "column", 1))
+        raise ScheduleError(f"cannot read this {error.rule}: {error.orig_exc}", pos=pos) from None
     except lark.exceptions.UnexpectedInput as error:
         pos = _pos(path, lines, error.line, error.column)
         raise ScheduleError(_describe(error), pos=pos) from None
@@ -94,16 +106,43 @@ def _expected(names) -> str:
 
 
 @v_args(meta=True)
-class _ToAst(Transformer):
+class _ToAst(Transformer_NonRecursive):
     """One method per grammar rule; every node gets the SourcePos of its first token."""
 
     def __init__(self, path: str, lines: list[str]):
         super().__init__()
         self._path = path
         self._lines = lines
+        self._depths: dict[int, tuple[object, int]] = {}  # id(node) -> (node, its nesting depth)
 
     def _at(self, meta_or_token) -> SourcePos:
         return _pos(self._path, self._lines, meta_or_token.line, meta_or_token.column)
+
+    def _nest(self, node, children, what: str, at: SourcePos | None = None):
+        """Record `node`'s depth (one more than its deepest child); refuse past MAX_NESTING."""
+        depth = 1 + max((self._depth(c) for c in children), default=0)
+        if depth > MAX_NESTING:
+            raise ScheduleError(
+                f"{what} nested deeper than {MAX_NESTING} levels (the limit of the language)",
+                pos=at or node.pos,
+            )
+        self._depths[id(node)] = (node, depth)
+        return node
+
+    def _depth(self, node) -> int:
+        entry = self._depths.get(id(node))
+        return entry[1] if entry is not None and entry[0] is node else 0
+
+    def _name(self, token) -> str:
+        """A name the schedule binds (param, let, loop or rank variable): not a reserved one."""
+        name = str(token)
+        if name in RESERVED:
+            raise ScheduleError(
+                f"{name} is reserved: the language binds {', '.join(RESERVED)} "
+                "(ranks, microbatches, stages per rank, stages)",
+                pos=self._at(token),
+            )
+        return name
 
     # ------------------------------------------------------------ file structure
 
@@ -123,6 +162,7 @@ class _ToAst(Transformer):
         virtuals = [d for d in decls if isinstance(d, tuple)]  # (value, pos) from `virtual`
         if len(virtuals) > 1:
             raise ScheduleError("a schedule declares `virtual` at most once", pos=virtuals[1][1])
+        _check_rank_variable(params, body)
         return ast.ScheduleDef(
             name=name, doc=doc, params=params, requires=requires,
             placement=placement, body=body, pos=pos,
@@ -133,7 +173,7 @@ class _ToAst(Transformer):
         return str(children[0]), self._at(children[0])
 
     def param(self, meta, children):
-        return ast.Param(name=str(children[0]), default=children[1], pos=self._at(meta))
+        return ast.Param(name=self._name(children[0]), default=children[1], pos=self._at(meta))
 
     def require(self, meta, children):
         cond, message = children
@@ -161,7 +201,7 @@ class _ToAst(Transformer):
 
     def per_rank(self, meta, children):
         var, block = children
-        return ast.PerRank(var=str(var), body=block, pos=self._at(meta))
+        return ast.PerRank(var=self._name(var), body=block, pos=self._at(meta))
 
     def policy(self, meta, children):
         split, prefer, limits, when = False, (), {}, []
@@ -208,16 +248,19 @@ class _ToAst(Transformer):
     # ------------------------------------------------------------ statements
 
     def block(self, meta, children):
-        return tuple(children)
+        block = tuple(children)
+        self._depths[id(block)] = (block, max((self._depth(c) for c in block), default=0))
+        return block
 
     def let(self, meta, children):
-        return ast.Let(name=str(children[0]), value=children[1], pos=self._at(meta))
+        return ast.Let(name=self._name(children[0]), value=children[1], pos=self._at(meta))
 
     def for_loop(self, meta, children):
         var, (start, stop, reverse), body = children
-        return ast.For(
-            var=str(var), start=start, stop=stop, reverse=reverse, body=body, pos=self._at(meta)
+        loop = ast.For(
+            var=self._name(var), start=start, stop=stop, reverse=reverse, body=body, pos=self._at(meta)
         )
+        return self._nest(loop, [body], "blocks")
 
     def up_range(self, meta, children):
         return children[0], children[1], False
@@ -231,10 +274,13 @@ class _ToAst(Transformer):
             orelse = children[-1]
             children = children[:-1]
         pairs = list(zip(children[0::2], children[1::2]))
-        for cond, then in reversed(pairs):
-            orelse = (ast.If(cond=cond, then=then, orelse=orelse, pos=cond.pos),)
+        for cond, then in reversed(pairs):  # elif nests: it counts as a level
+            branch = ast.If(cond=cond, then=then, orelse=orelse, pos=cond.pos)
+            orelse = (self._nest(branch, [then, *orelse], "blocks"),)
         first = orelse[0]
-        return ast.If(cond=first.cond, then=first.then, orelse=first.orelse, pos=self._at(meta))
+        node = ast.If(cond=first.cond, then=first.then, orelse=first.orelse, pos=self._at(meta))
+        self._depths[id(node)] = (node, self._depth(first))
+        return node
 
     def op(self, meta, children):
         kind, args = Kind(str(children[0])), children[1:]
@@ -271,17 +317,25 @@ class _ToAst(Transformer):
     def _fold(self, meta, items):
         result = items[0]
         for op, right in zip(items[1::2], items[2::2]):
-            result = ast.BinOp(op=str(op), left=result, right=right, pos=result.pos)
+            node = ast.BinOp(op=str(op), left=result, right=right, pos=result.pos)
+            result = self._nest(node, [result, right], "expressions", at=right.pos)
         return result
 
     def not_(self, meta, children):
-        return ast.Unary(op="not", operand=children[0], pos=self._at(meta))
+        node = ast.Unary(op="not", operand=children[0], pos=self._at(meta))
+        return self._nest(node, children, "expressions")
 
     def neg(self, meta, children):
-        return ast.Unary(op="-", operand=children[0], pos=self._at(meta))
+        node = ast.Unary(op="-", operand=children[0], pos=self._at(meta))
+        return self._nest(node, children, "expressions")
 
     def number(self, meta, children):
-        return ast.Num(value=int(children[0]), pos=self._at(meta))
+        digits = str(children[0])
+        if len(digits) > MAX_LITERAL_DIGITS:
+            raise ScheduleError(
+                f"number with {len(digits)} digits: at most {MAX_LITERAL_DIGITS}", pos=self._at(meta)
+            )
+        return ast.Num(value=int(digits), pos=self._at(meta))
 
     def true(self, meta, children):
         return ast.Num(value=1, pos=self._at(meta))
@@ -295,7 +349,29 @@ class _ToAst(Transformer):
     def call(self, meta, children):
         func, *args = children
         args = tuple(a for a in args if a is not None)
-        return ast.Call(func=str(func), args=args, pos=self._at(meta))
+        node = ast.Call(func=str(func), args=args, pos=self._at(meta))
+        return self._nest(node, args, "expressions")
+
+
+def _check_rank_variable(params: tuple[ast.Param, ...], body) -> None:
+    """The rank variable (`per rank r`, and `r` in policy limits) is bound by the
+    language: a param, let or loop of that name would be silently shadowed or shadow it."""
+    per_rank = isinstance(body, ast.PerRank)
+    var = body.var if per_rank else "r"
+    where = "the rank variable of `per rank`" if per_rank else "the rank in policy limits"
+    for param in params:
+        if param.name == var:
+            raise ScheduleError(f"{var} is reserved: it is {where}", pos=param.pos)
+    stack = list(reversed(body.body)) if per_rank else []  # file order
+    while stack:
+        stmt = stack.pop()
+        bound = stmt.name if isinstance(stmt, ast.Let) else getattr(stmt, "var", None)
+        if bound == var:
+            raise ScheduleError(f"{var} is reserved: it is {where}", pos=stmt.pos)
+        if isinstance(stmt, ast.For):
+            stack.extend(reversed(stmt.body))
+        elif isinstance(stmt, ast.If):
+            stack.extend(reversed(stmt.then + stmt.orelse))
 
 
 def _interleave(children):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from ppc.errors import ScheduleError, SourcePos
@@ -17,8 +18,11 @@ class Layout:
 
     @classmethod
     def of(cls, placement: tuple[int, ...], ranks: int) -> Layout:
-        local = tuple(tuple(s for s, r in enumerate(placement) if r == rank) for rank in range(ranks))
-        return cls(ranks=ranks, placement=placement, local=local)
+        """One pass over the stages (linear in R x V); every rank must be in 0..ranks-1."""
+        local: list[list[int]] = [[] for _ in range(ranks)]
+        for stage, rank in enumerate(placement):
+            local[rank].append(stage)
+        return cls(ranks=ranks, placement=placement, local=tuple(map(tuple, local)))
 
     def stage(self, rank: int, index: int) -> int:
         """The stage of local index `index` on `rank` (stage(r, 0) is r's first stage)."""
@@ -60,8 +64,9 @@ def explicit(ranks_of_stages: list[int], *, ranks: int, virtual: int, pos: Sourc
     for stage, rank in enumerate(ranks_of_stages):
         if not 0 <= rank < ranks:
             raise ScheduleError(f"placement puts stage {stage} on rank {rank}, not in 0..{ranks - 1}", pos=pos)
+    counts = Counter(ranks_of_stages)
     for rank in range(ranks):
-        held = ranks_of_stages.count(rank)
+        held = counts[rank]
         if held != virtual:
             raise ScheduleError(f"placement gives rank {rank} {held} stages, expected V = {virtual}", pos=pos)
     return tuple(ranks_of_stages)

@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ppc.errors import ScheduleError
+from ppc.inputs import read_text
 from ppc.ir.order import ComputeOrder
 from ppc.lang import ast
 from ppc.lang import placement as placements
 from ppc.lang.csv_format import read_csv
 from ppc.lang.expand import PLACEMENT_OVERRIDES, default_virtual, expand
+from ppc.lang.limits import MAX_SCHEDULE_BYTES
 from ppc.lang.parser import parse
 
 
@@ -111,9 +113,6 @@ def load_schedule(spec: str | Path) -> Schedule:
 
 
 def _load_ppc(path: Path) -> Schedule:
-    try:
-        source = path.read_text()
-    except OSError as error:
-        raise ScheduleError(f"cannot read {path}: {error.strerror}") from None
+    source = read_text(path, error=ScheduleError, what="schedule file", limit=MAX_SCHEDULE_BYTES)
     definition = parse(source, str(path))
     return Schedule(name=definition.name, doc=definition.doc, path=path, definition=definition)

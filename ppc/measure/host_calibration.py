@@ -31,7 +31,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ppc.errors import CostError
-from ppc.plan.compare_trace import COMPUTE_SLICE
+from ppc.plan.compare_trace import compute_slice
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def _run_calibration(request, schedule: str, *, virtual: int, steps: int, timeou
         trace, metrics = Path(tmp) / "trace.json", Path(tmp) / "metrics.jsonl"
         command = [
             sys.executable, "-m", "ppc", "run", "--model", request.model, "--schedule", schedule,
-            "--ranks", str(ranks), "--virtual", str(virtual), "--split", request.by,
+            "--ranks", str(ranks), "--virtual-stages", str(virtual), "--split", request.by,
             "--microbatches", str(2 * ranks), "--microbatch-size", str(request.microbatch_size),
             "--seq-len", str(request.seq_len), "--steps", str(steps), "--seed", str(request.seed),
             "--device", "cpu", "--quiet", "--trace", str(trace), "--metrics", str(metrics),
@@ -176,9 +176,9 @@ def costs_from_trace(events: list[dict], *, stages: int, placement: list[int], s
         if event.get("ph") != "X" or args.get("step", 0) < skip_steps or "cpu_ms" not in args:
             continue
         name, cpu = str(event["name"]).strip(), float(args["cpu_ms"]) / 1e3
-        match = COMPUTE_SLICE.match(name)
+        match = compute_slice(name)
         if match:
-            per_op[(match.group(2), int(match.group(1)))].append(cpu)
+            per_op[(match[1], match[0])].append(cpu)
         elif "STEP" in name:
             per_rank_step[int(args["rank"])].append(cpu)
         elif not name.startswith("wait") and ("<" in name or ">" in name):

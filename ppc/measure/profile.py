@@ -90,10 +90,11 @@ def profile_model(request: ProfileRequest, *, progress: Callable[[str], object] 
     stages = request.stages or _finest(request)
     split = build_split(request.model, stages=stages, seq_len=request.seq_len,
                         microbatch_size=request.microbatch_size, by=request.by, seed=request.seed)
-    if request.ranks is not None:
-        from ppc.host import threads_per_rank
+    from ppc.host import threads_per_rank
 
-        torch.set_num_threads(threads_per_rank(request.ranks))  # as each rank of the run will
+    # as each rank of the run will; alone, the cores this process may use (not torch's
+    # default, the machine's cores, which oversubscribes a loaded or restricted host)
+    torch.set_num_threads(threads_per_rank(request.ranks or 1))
     times = measure_split(split, request, device)
     layers: tuple = ()
     if request.layers and request.stages is not None:
@@ -137,7 +138,9 @@ def profile_model(request: ProfileRequest, *, progress: Callable[[str], object] 
 
         progress("measuring point-to-point latency and bandwidth")
         p2p = measure_p2p(request.device, large_bytes=request.p2p_bytes)
-        costs = dataclasses.replace(profile.stage_costs, latency=p2p.latency, bandwidth=p2p.bandwidth, post=p2p.post)
+        costs = dataclasses.replace(profile.stage_costs, latency=p2p.latency, bandwidth=p2p.bandwidth, post=p2p.post,
+                                    collective_latency=p2p.collective_latency,
+                                    collective_bandwidth=p2p.collective_bandwidth)
         profile = dataclasses.replace(profile, stage_costs=costs, meta={**profile.meta, "p2p": p2p.describe()})
     if request.ranks is None:
         return profile

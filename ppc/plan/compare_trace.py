@@ -11,15 +11,24 @@ the median makespan (after the first, a warm-up) is compared.
 from __future__ import annotations
 
 import json
-import re
+import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from ppc.errors import CostError
+from ppc.errors import CostError, ScheduleError
+from ppc.inputs import read_text
+from ppc.ir.order import Action
 
-COMPUTE_SLICE = re.compile(r"^(\d+)([FBIW])(\d+)$")
-"""A compute slice's name: stage, kind, microbatch (`2F0`, `1I3`)."""
+
+def compute_slice(name: str) -> tuple[int, str, int] | None:
+    """(stage, kind, microbatch) of a compute slice's name (`2F0`, `1I3`, `(0F1;3B0)OVERLAP_F_B`:
+    any compute row of the op table), else None."""
+    try:
+        action = Action.parse(name)
+    except ScheduleError:
+        return None
+    return action.stage, action.kind.name, action.mb
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,14 +68,34 @@ class Comparison:
 
 
 def load_trace(path: str | Path) -> list[dict]:
+    text = read_text(path, error=CostError, what="trace file")
     try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise CostError(f"{path}: no such trace file") from None
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise CostError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
+    except (RecursionError, ValueError) as exc:
+        raise CostError(f"{path}: not a trace: {type(exc).__name__}") from None
     events = data.get("traceEvents", []) if isinstance(data, dict) else data
-    return [e for e in events if e.get("ph") == "X"]
+    if not isinstance(events, list):
+        raise CostError(f"{path}: not a trace: expected a list of events or {{\"traceEvents\": [...]}}")
+    slices = [e for e in events if isinstance(e, dict) and e.get("ph") == "X"]
+    for index, event in enumerate(slices):
+        _check_slice(event, f"{path}: slice {index}")
+    return slices
+
+
+def _check_slice(event: dict, where: str) -> None:
+    """The fields the comparison reads: finite ts and dur, integer pid/rank/step."""
+    for key in ("ts", "dur"):
+        value = event.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise CostError(f"{where}: {key!r} must be a finite number, got {str(value)[:40]!r}")
+    args = event.get("args", {})
+    if not isinstance(args, dict):
+        raise CostError(f"{where}: 'args' must be an object")
+    for key, value in (("pid", event.get("pid", 0)), ("rank", args.get("rank", 0)), ("step", args.get("step", 0))):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise CostError(f"{where}: {key!r} must be an integer, got {str(value)[:40]!r}")
 
 
 def compared_step(events: list[dict]) -> list[dict]:
@@ -89,11 +118,12 @@ def compute_slices(step: list[dict], ranks: int) -> list[MeasuredSlice]:
     out = []
     for event in step:
         rank = int(event.get("args", {}).get("rank", event.get("pid", 0)))
-        match = COMPUTE_SLICE.match(str(event.get("name", "")).strip())
+        match = compute_slice(str(event.get("name", "")).strip())
         if 0 <= rank < ranks and match:
             start = (float(event["ts"]) - origin) / 1e6
-            out.append(MeasuredSlice(rank=rank, stage=int(match.group(1)), kind=match.group(2),
-                                     mb=int(match.group(3)), start=start, end=start + float(event["dur"]) / 1e6))
+            stage, kind, mb = match
+            out.append(MeasuredSlice(rank=rank, stage=stage, kind=kind, mb=mb, start=start,
+                                     end=start + float(event["dur"]) / 1e6))
     return out
 
 

@@ -157,7 +157,8 @@ class CostProfile:
                 forward=c.forward[s],
                 backward_input=c.backward_input[s],
                 backward_weight=c.backward_weight[s],
-                params=self.stage_params[s] if self.stage_params else 0,
+                params=self.stage_params[s] if self.stage_params else (
+                    c.param_bytes[s] // GRAD_BYTES_PER_PARAM if c.param_bytes else 0),
                 activation_bytes=c.activation_bytes[s] if c.activation_bytes else 0,
                 output_bytes=self.stage_output_bytes[s] if self.stage_output_bytes else 0,
             )
@@ -187,6 +188,7 @@ class CostProfile:
             backward_weight=tuple(self.scale(sum(u.backward_weight for u in g), b) for g in groups),
             activation_bytes=tuple(int(sum(u.activation_bytes for u in g) * ratio) for g in groups),
             optimizer=(),
+            param_bytes=(),  # the regrouped stages' gradient bytes come from their params
         )
         return StageCosts(
             costs=model,
@@ -226,6 +228,10 @@ class CostProfile:
                           output_bytes=tuple(int(o * ratio) for o in out))
 
 
+GRAD_BYTES_PER_PARAM = 4
+"""Bytes per parameter a data-parallel gradient reduction moves (fp32 gradients)."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StageCosts:
     """Costs of one concrete split at one microbatch size, ready for the simulator."""
@@ -251,7 +257,8 @@ class StageCosts:
             for s in range(n - 1)
         )
         acts = self.costs.activation_bytes
-        return StageGraph(num_stages=n, values=values, activation_bytes=acts)
+        grads = tuple(GRAD_BYTES_PER_PARAM * p for p in self.params) if any(self.params) else ()
+        return StageGraph(num_stages=n, values=values, activation_bytes=acts, param_bytes=grads)
 
 
 def _layer(entry: dict, index: int, source: str) -> LayerSpec:

@@ -6,7 +6,9 @@ its own split at its own microbatch size (scaling model: ppc/plan/cost_profile.p
 so a prediction here is exactly what `ppc simulate` prints for the same plan. Peak
 memory per rank is weights and optimizer state plus the activations the compute order
 keeps alive (ppc/plan/memory.py). A candidate fits when every rank stays under the
-memory cap. torch is never imported.
+memory cap. With `dp` pipeline replicas (PlanRequest.dp; `ppc plan --world`,
+ppc/plan/world.py) the step is one pipeline's with its gradient reductions timed by the
+costs' collective terms. torch is never imported.
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ class Candidate:
     """The .ppc text for a generated schedule ("" for a built-in)."""
     csv: str = ""
     """The compute-only CSV of a searched schedule (`ppc search`; "" otherwise)."""
+    dp: int = 1
+    """Pipeline replicas (data parallelism): world = dp x ranks."""
+    exposed_reduce: float = 0.0
+    """The largest time any rank's STEP waited for its gradient reductions."""
 
     @property
     def stages(self) -> int:
@@ -73,17 +79,21 @@ class PlanRequest:
     microbatch_sizes: tuple[int, ...] = ()
     """Sizes to try (empty: every divisor of the global batch)."""
     auto_zero_bubble: bool = True
+    dp: int = 1
+    """Pipeline replicas; `global_batch` is one replica's share of the batch."""
 
     def __post_init__(self) -> None:
-        if self.ranks < 1 or self.global_batch < 1:
-            raise CostError(f"plan needs ranks >= 1 and a global batch >= 1, got {self.ranks}, {self.global_batch}")
+        if self.ranks < 1 or self.global_batch < 1 or self.dp < 1:
+            raise CostError(f"plan needs ranks >= 1, a global batch >= 1 and dp >= 1, got {self.ranks}, "
+                            f"{self.global_batch}, {self.dp}")
 
 
-def timeline_of(order: ComputeOrder, stage_costs: StageCosts):
-    """The simulated step of `order` with these stage costs (compile, validate, simulate)."""
+def timeline_of(order: ComputeOrder, stage_costs: StageCosts, *, dp: int = 1):
+    """The simulated step of `order` with these stage costs (compile, validate, simulate),
+    its gradients reduced across `dp` replicas."""
     from ppc.predict import simulate_order
 
-    return simulate_order(order, stage_costs.costs, stage_costs.stage_graph())
+    return simulate_order(order, stage_costs.costs, stage_costs.stage_graph(), dp=dp)
 
 
 def predict(order: ComputeOrder, stage_costs: StageCosts) -> float:
@@ -93,9 +103,9 @@ def predict(order: ComputeOrder, stage_costs: StageCosts) -> float:
 
 def evaluate(
     order: ComputeOrder, stage_costs: StageCosts, *, profile: CostProfile, memory_cap: float | None,
-    schedule: str, split_kind: str, microbatch_size: int, source: str = "",
+    schedule: str, split_kind: str, microbatch_size: int, source: str = "", dp: int = 1,
 ) -> Candidate:
-    timeline = timeline_of(order, stage_costs)
+    timeline = timeline_of(order, stage_costs, dp=dp)
     step, bubble, costs = float(timeline.makespan), timeline.bubble, stage_costs.costs
     weights = weight_bytes(order, stage_costs.params, profile.bytes_per_param)
     acts = peak_activation_bytes(order, costs)
@@ -105,6 +115,7 @@ def evaluate(
         microbatch_size=microbatch_size, split=stage_costs.split, split_kind=split_kind,
         step_time=step, bubble=bubble, peak_bytes=peaks,
         fits=memory_cap is None or max(peaks) <= memory_cap, source=source,
+        dp=dp, exposed_reduce=timeline.exposed_reduce,
     )
 
 
@@ -180,7 +191,8 @@ def _try(expand, costs: StageCosts, profile: CostProfile, request: PlanRequest, 
     try:
         order = expand()
         candidate = evaluate(order, costs, profile=profile, memory_cap=request.memory_cap,
-                             schedule=name, split_kind=split_kind, microbatch_size=b, source=source)
+                             schedule=name, split_kind=split_kind, microbatch_size=b, source=source,
+                             dp=request.dp)
     except PpcError as error:
         log.info("skipping %s (V=%s, b=%s): %s", name, costs.costs.stages // request.ranks, b, error.message)
         return []
@@ -247,7 +259,7 @@ def searched(profile: CostProfile, best: Candidate, request: PlanRequest, *, tim
         log.info("no searched schedule for %s: %s", best.describe(), error.message)
         return None
     found = evaluate(result.order, costs, profile=profile, memory_cap=request.memory_cap, schedule=SEARCHED,
-                     split_kind=best.split_kind, microbatch_size=best.microbatch_size)
+                     split_kind=best.split_kind, microbatch_size=best.microbatch_size, dp=request.dp)
     return dataclasses.replace(found, csv=write_csv(result.order))
 
 

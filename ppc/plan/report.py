@@ -20,7 +20,8 @@ def schedule_text(candidate: Candidate) -> str:
         path = builtin_schedules().get(candidate.schedule) or load_schedule(candidate.schedule).path
         body = Path(path).read_text()
     header = (
-        f"# ppc plan: {candidate.describe()}\n"
+        f"# ppc plan: {candidate.describe()}"
+        + (f", {candidate.dp} pipeline replicas (DP)" if candidate.dp > 1 else "") + "\n"
         f"# predicted step time {candidate.step_time:.6g}, bubble {candidate.bubble:.1%}, "
         f"peak memory per rank {max(candidate.peak_bytes) / 2**30:.2f} GiB (a prediction)\n"
     )
@@ -49,14 +50,17 @@ def block_split(split: Sequence[int], units: Sequence[str]) -> tuple[int, ...] |
 
 
 def run_command(candidate: Candidate, *, schedule_path: str | Path, model: str, ranks: int,
-                seq_len: int | None = None, units: Sequence[str] = ()) -> str:
+                seq_len: int | None = None, units: Sequence[str] = (), dp: int = 1) -> str:
     """The `ppc run` command line that trains with this plan (with `--split` when the
-    planned split can be given as blocks per stage; else the split as a comment)."""
+    planned split can be given as blocks per stage; else the split as a comment; with
+    `--dp D` for D pipeline replicas)."""
     argv = [
         "ppc", "run", "--model", model, "--schedule", str(schedule_path),
-        "--ranks", str(ranks), "--virtual", str(candidate.virtual),
+        "--ranks", str(ranks), "--virtual-stages", str(candidate.virtual),
         "--microbatches", str(candidate.microbatches), "--microbatch-size", str(candidate.microbatch_size),
     ]
+    if dp > 1:
+        argv += ["--dp", str(dp)]
     if seq_len:
         argv += ["--seq-len", str(seq_len)]
     blocks = block_split(candidate.split, units)

@@ -63,6 +63,9 @@ class SearchRequest:
     """Run each backward as I then W (else as one B)."""
     starts: tuple[tuple[str, ComputeOrder], ...] = ()
     """More warm starts to try, (name, order), such as `ppc plan`'s best candidate."""
+    recompute: bool = False
+    """Let the solver recompute forwards: per (stage, mb), run RF before its backward and
+    hold no activations between the end of F and the start of RF."""
     graph: StageGraph | None = None
     """A chain of stages whose values carry bytes (`ppc plan`'s StageCosts.stage_graph()):
     messages then cost their bytes, in the model and in the simulation. None: messages
@@ -130,6 +133,8 @@ def search(request: SearchRequest, *, progress: Progress | None = None) -> Searc
     builtins = builtin_candidates(ranks=request.ranks, microbatches=request.microbatches,
                                   virtual=request.virtual, placement=request.placement,
                                   costs=request.costs, budget=request.memory, graph=request.graph)
+    if not request.recompute:  # outside the search space: not a comparison, not a result
+        builtins = [c for c in builtins if not _recomputes(c.order)]
     res = Resolution.for_values([*problem.duration, *(d.delay for d in problem.deps)])
     duration = [res.ticks(d) for d in problem.duration]
     all_deps = problem.deps + problem.symmetry
@@ -137,9 +142,11 @@ def search(request: SearchRequest, *, progress: Progress | None = None) -> Searc
     warm = _warm_start(problem, builtins, duration, delay, request)
     hint = warm[2] if warm else None
     earliest, tail = longest_paths(len(problem.ops), duration, _with(all_deps, delay))
-    held = request.memory.held(placement, request.costs) if request.memory is not None else None
+    # with recompute, forwards before a rank's first backward hold no memory: no budget term
+    held = request.memory.held(placement, request.costs) if request.memory is not None and not request.recompute \
+        else None
     lower_ticks = int(rank_bound(problem, duration, delay, held))
-    horizon = _horizon(duration, delay, hint)
+    horizon = _horizon(duration, delay, hint, problem if request.recompute else None)
     offset = problem.end_offset
     real_bound = rank_bound(problem, problem.duration, [d.delay for d in all_deps], held) + offset
 
@@ -153,12 +160,12 @@ def search(request: SearchRequest, *, progress: Progress | None = None) -> Searc
         problem, duration=duration, delay=delay, horizon=horizon, lower=lower_ticks, budget=request.memory,
         costs=request.costs, hint=hint, time_limit=request.time_limit,
         workers=request.workers or min(8, os.cpu_count() or 1), earliest=[int(e) for e in earliest],
-        tail=[int(t) for t in tail], progress=report if progress else None,
+        tail=[int(t) for t in tail], progress=report if progress else None, recompute=request.recompute,
     )
     lower_bound = max(real_bound, solution.bound / res.per_unit + offset)
     log.info("solver %s in %.2f s: objective %s, bound %s ticks (%g ticks per unit)", solution.status,
              solution.wall_time, solution.objective, solution.bound, res.per_unit)
-    best = _best(problem, solution, warm, request)
+    best = _best(problem, solution, warm, request, _recomputing_builtin(builtins, problem))
     if best is None:
         raise PpcError(
             f"no schedule found within --time-limit {request.time_limit:g} s under --memory {request.memory}, "
@@ -221,17 +228,35 @@ def _with(deps, delay):
     return [Dep(d.before, d.after, t) for d, t in zip(deps, delay)]
 
 
-def _horizon(duration, delay, hint) -> int:
+def _horizon(duration, delay, hint, recompute: Problem | None = None) -> int:
     if hint is not None:
         return max(h + d for h, d in zip(hint, duration))
-    return sum(duration) + sum(delay)  # one op at a time, every message waited for
+    # one op at a time, every message waited for (and every forward run twice)
+    again = sum(d for d, op in zip(duration, recompute.ops) if op.kind == "F") if recompute else 0
+    return sum(duration) + sum(delay) + again
 
 
-def _best(problem: Problem, solution: cpsat.Solution, warm, request: SearchRequest):
-    """(order, timeline, source) of the faster of the solver's order and the warm start."""
+def _recomputes(order: ComputeOrder) -> bool:
+    return any(a.kind.drops for row in order.compute for a in row)
+
+
+def _recomputing_builtin(builtins, problem: Problem) -> Candidate | None:
+    """The fastest fitting built-in that recomputes (so cannot warm-start the solver) and
+    whose other ops are the problem's kinds (no I/W without a split backward)."""
+    kinds = {"F", "I", "W", "B"} if problem.split_backward else {"F", "B"}
+    for c in builtins:
+        names = {a.kind.name for row in c.order.compute for a in row if not a.kind.drops}
+        if c.fits and _recomputes(c.order) and names <= kinds:
+            return c
+    return None
+
+
+def _best(problem: Problem, solution: cpsat.Solution, warm, request: SearchRequest, builtin: Candidate | None):
+    """(order, timeline, source) of the fastest of the solver's order, the warm start and the
+    best fitting built-in that recomputes (it cannot warm-start the solver)."""
     found = None
     if solution.start is not None:
-        order = to_order(problem, solution.start)
+        order = to_order(problem, solution.start, solution.recomputed)
         timeline = simulate_order(order, request.costs, request.graph)
         fits = request.memory is None or request.memory.fits(
             [(s.peak_activations, s.peak_bytes) for s in timeline.per_rank])
@@ -243,21 +268,26 @@ def _best(problem: Problem, solution: cpsat.Solution, warm, request: SearchReque
         name, order, _ = warm
         timeline = simulate_order(order, request.costs, request.graph)
         if found is None or timeline.makespan < found[1].makespan - 1e-12:
-            return order, timeline, name
+            found = (order, timeline, name)
+    if builtin is not None and (found is None or builtin.makespan < found[1].makespan - 1e-12):
+        order = _renamed(builtin.order)
+        found = (order, simulate_order(order, request.costs, request.graph), builtin.name)
     return found
 
 
-def to_order(problem: Problem, start) -> ComputeOrder:
-    """Each rank's ops sorted by `start[i]` (ties: end, then dependency depth)."""
+def to_order(problem: Problem, start, recomputed=()) -> ComputeOrder:
+    """Each rank's ops sorted by `start[i]` (ties: end, then dependency depth); the
+    `recomputed` (stage, mb, start) as RF ops among them, each just before its backward."""
     stages = problem.stages
-    depth = {"F": lambda s: s, "I": lambda s: 2 * stages - s, "B": lambda s: 2 * stages - s,
-             "W": lambda s: 2 * stages - s + 1}
+    depth = {"F": lambda s: s, "RF": lambda s: 2 * stages - s - 0.5, "I": lambda s: 2 * stages - s,
+             "B": lambda s: 2 * stages - s, "W": lambda s: 2 * stages - s + 1}
+    forward = {(op.stage, op.mb): problem.duration[i] for i, op in enumerate(problem.ops) if op.kind == "F"}
+    timed = [(start[i], start[i] + problem.duration[i], op.kind, op.stage, op.mb, op.rank)
+             for i, op in enumerate(problem.ops)]
+    timed += [(t, t + forward[(s, mb)], "RF", s, mb, problem.placement[s]) for s, mb, t in recomputed]
+    timed.sort(key=lambda o: (o[0], o[1], depth[o[2]](o[3]), o[4]))
     rows = []
     for r in range(problem.ranks):
-        mine = problem.on_rank(r)
-        mine.sort(key=lambda i: (start[i], start[i] + problem.duration[i],
-                                 depth[problem.ops[i].kind](problem.ops[i].stage), problem.ops[i].mb))
-        rows.append(tuple(Action(stage=problem.ops[i].stage, kind=Kind(problem.ops[i].kind), mb=problem.ops[i].mb)
-                          for i in mine))
+        rows.append(tuple(Action(stage=s, kind=Kind(k), mb=mb) for _, _, k, s, mb, rank in timed if rank == r))
     return ComputeOrder(schedule="search", ranks=problem.ranks, stages=stages, microbatches=problem.microbatches,
                         placement=problem.placement, compute=tuple(rows))

@@ -5,7 +5,7 @@ One checker for every caller: schedule expansion (positions are .ppc lines), low
 and the simulator's validation of a Program (positions are instruction indices). What
 counts as complete and in order comes from the op table's phases: each (stage,
 microbatch) runs each required phase ("forward", "input_grad", "weight_grad") exactly
-once, and an op runs only after the phases it `needs`.
+once, and an op runs only after the phases it `needs` and before those it `precedes`.
 """
 
 from __future__ import annotations
@@ -207,7 +207,16 @@ def _check_needs(index: ComputeIndex, names: _Namer) -> None:
 
 
 def _check_unit_needs(index: ComputeIndex, names: _Namer, g, kind, stage, mb, by_phase, M) -> None:
-    """One computed unit (an op, or a part of an overlapped op g) against its needs."""
+    """One computed unit (an op, or a part of an overlapped op g) against its needs and
+    the phases it must precede."""
+    for phase in kind.precedes:
+        d = by_phase[(stage * M + mb) * 3 + _PHASE[phase]]
+        if 0 <= d < g:
+            rank = index.rank_of[g]
+            raise ValidationError(
+                f"{names.at(rank, index.pos_of[g])}: {index.name(g)} comes after {index.name(d)} "
+                f"(at {names.other(rank, index.pos_of[d])}), which it must precede",
+                pos=names.locate(rank, index.pos_of[g]))
     for phase in kind.needs:
         d = by_phase[(stage * M + mb) * 3 + _PHASE[phase]]
         if 0 <= d < g:  # earlier on this rank (one rank runs all of a stage's ops)
