@@ -19,8 +19,9 @@ complete.
 
 With `--zero 1` the optimizer is torch's ZeroRedundancyOptimizer over the dp group: each
 replica keeps AdamW state for its share of the rank's parameters, steps that share and
-broadcasts it. Gradients are still all-reduced in full (gloo has no reduce-scatter), so
-ZeRO-1 here saves optimizer memory, not traffic.
+broadcasts it. ZeroRedundancyOptimizer steps from full gradients, so they are still
+all-reduced in full: ZeRO-1 here saves optimizer memory, not traffic (a reduce-scatter of
+the buckets and an all-gather of the weights would save both; not done).
 """
 
 from __future__ import annotations
