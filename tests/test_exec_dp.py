@@ -123,9 +123,14 @@ def _resume_case(zero: int, rank: int, out: Path) -> None:
     ckpt = out / f"ckpt-zero{zero}"
     full = dataclasses.replace(case.config(), steps=4, checkpoint_every=2, checkpoint_dir=str(ckpt))
     first = _train(case, full, mesh)
-    second = _train(case, dataclasses.replace(full, checkpoint_every=0, resume=str(ckpt / "step-000002")), mesh)
-    torch.save({"full": first["history"], "resumed": second["history"], "files": sorted(
-        p.name for p in (ckpt / "step-000002").iterdir())}, out / f"resume-zero{zero}-{rank}.pt")
+    resumed = dataclasses.replace(full, checkpoint_every=0, resume=str(ckpt / "step-000002"))
+    second = _train(case, resumed, mesh)
+    # the other optimizer layout resumes from the same files
+    other = dataclasses.replace(case, zero=1 - zero)
+    third = _train(other, dataclasses.replace(resumed, zero=1 - zero), mesh)
+    torch.save({"full": first["history"], "resumed": second["history"], "switched": third["history"],
+                "files": sorted(p.name for p in (ckpt / "step-000002").iterdir())},
+               out / f"resume-zero{zero}-{rank}.pt")
     dist.barrier()
 
 
@@ -158,7 +163,7 @@ def _load(tmp: Path, case: Case) -> list[dict]:
     return [torch.load(tmp / f"{case.name}-{g}.pt", weights_only=False) for g in range(WORLD)]
 
 
-@pytest.mark.slow  # 4 gloo ranks train 17 configurations
+@pytest.mark.slow  # 4 gloo ranks train 14 configurations, then 2 x 3 resume runs
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_pp_x_dp_equals_single_process_twin(case, dp_runs):
     parts = _load(dp_runs, case)
@@ -203,6 +208,7 @@ def test_pp2_x_dp2_resume_reproduces_losses(zero, dp_runs):
     for part in (parts[1], parts[3]):
         assert [s for s, _, _ in part["resumed"]] == [3, 4]
         assert part["resumed"] == part["full"][2:]
+        assert part["switched"] == part["full"][2:], "resuming with the other --zero changes nothing"
     # one file per stage, written by replica 0
     assert parts[0]["files"] == ["rank-0.pt", "rank-1.pt"]
 
