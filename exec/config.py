@@ -23,8 +23,12 @@ class RunConfig:
     ranks: int = 4
     """Pipeline ranks R; the world size must equal dp * R."""
     dp: int = 1
-    """Pipeline replicas D (the mesh's "dp" dimension, exec/mesh.py). For now replicas train
-    on the same data without reducing gradients between them."""
+    """Pipeline replicas D (the mesh's "dp" dimension, exec/mesh.py): each trains on its own
+    shard of the global batch (microbatches x microbatch_size x dp sequences per step) and
+    the replicas average their gradients (exec/dp.py)."""
+    zero: int = 0
+    """ZeRO stage: 0 (every replica keeps the whole optimizer state) or 1 (AdamW state
+    sharded over the dp group)."""
     virtual: int | None = None
     """Stages per rank V (S = R * V); None: the schedule's own (`virtual N`), else 1."""
     placement: str | None = None
@@ -68,6 +72,8 @@ class RunConfig:
                 raise RunError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.dtype not in ("fp32", "bf16"):
             raise RunError(f"--dtype must be fp32 or bf16, got {self.dtype!r}")
+        if self.zero not in (0, 1):
+            raise RunError(f"--zero must be 0 or 1, got {self.zero}")
         if self.warmup < 0:
             raise RunError(f"--warmup must be >= 0, got {self.warmup}")
         parse_split(self.split)
@@ -78,8 +84,13 @@ class RunConfig:
         return parse_split(self.split)
 
     @property
+    def sequences_per_step(self) -> int:
+        """The global batch: every replica's microbatches."""
+        return self.microbatches * self.microbatch_size * self.dp
+
+    @property
     def tokens_per_step(self) -> int:
-        return self.microbatches * self.microbatch_size * self.seq_len
+        return self.sequences_per_step * self.seq_len
 
 
 def parse_split(text: str) -> str | tuple[int, ...]:

@@ -5,6 +5,12 @@ every Python installation carries, so a run needs no download. Text is tokenized
 concatenated, and cut into sequences of `seq_len` tokens; no padding, so every
 microbatch holds the same number of tokens. The order is a seeded permutation per epoch
 and depends only on the sequence index, so a run resumes at any step.
+
+The global batch of step t is sequences t x G .. (t + 1) x G - 1 of that order, G = D x M x B
+(D replicas, M microbatches of B sequences). It is cut into D x M microbatches in order,
+and replica d takes microbatches d x M .. (d + 1) x M - 1: microbatch m of replica d holds
+sequences t x G + (d x M + m) x B + b, b < B. No sequence is seen twice in a step, and the
+single-process twin (`--reference --dp D`) runs the D x M microbatches in that same order.
 """
 
 from __future__ import annotations
@@ -132,13 +138,16 @@ class PackedData:
         return self.tokens[start : start + self.seq_len]
 
     def microbatches(
-        self, step: int, *, microbatches: int, microbatch_size: int
+        self, step: int, *, microbatches: int, microbatch_size: int, replicas: int = 1, replica: int = 0
     ) -> list[dict[str, torch.Tensor]]:
-        """The global batch of `step` (0-based) as `microbatches` dicts of [B, seq_len].
+        """Replica `replica`'s shard of the global batch of `step` (0-based), as
+        `microbatches` dicts of [B, seq_len] (the module docstring gives the order).
 
         Labels equal input_ids (the model shifts them), as in Hugging Face causal LMs.
         """
-        first = step * microbatches * microbatch_size
+        if not 0 <= replica < replicas:
+            raise ValueError(f"replica {replica} is outside {replicas} replicas")
+        first = (step * replicas + replica) * microbatches * microbatch_size
         out = []
         for m in range(microbatches):
             rows = [self.sequence(first + m * microbatch_size + b) for b in range(microbatch_size)]

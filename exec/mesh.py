@@ -16,9 +16,9 @@ Which group each collective uses:
   every replica holds the same gradient, so the pp sum is the norm of the job's gradient,
   and a sum over the mesh would count it D times. Checkpoints, traces and metrics are
   written by replica 0 alone, through its pp group.
-- dp (the D copies of this rank's stages): gradient reduction across replicas. Not done
-  yet: with D > 1 each replica trains on the same data, independently, so replicas stay
-  equal; data sharding and the dp reduction come with PP x DP.
+- dp (the D copies of this rank's stages): gradient reduction across replicas (REDUCE_GRAD,
+  exec/dp.py), the global batch's loss, and ZeRO-1's optimizer shards. Each replica trains
+  on its own shard of the global batch (exec/data.py).
 
 This module is the only one that builds the mesh; the others ask it for groups.
 """

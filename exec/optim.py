@@ -27,8 +27,13 @@ def make_adamw(
     weight_decay: float,
     betas: tuple[float, float] = (0.9, 0.95),
     eps: float = 1e-8,
-) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not on norms and biases)."""
+    zero_group=None,
+) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (not on norms and biases).
+
+    `zero_group` (a process group): ZeRO-1, torch's ZeroRedundancyOptimizer over it; each
+    member keeps the AdamW state of its share of `params` (all members pass the same
+    params), steps that share and broadcasts the updated weights."""
     params = [p for p in params if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     rest = [p for p in params if p.ndim < 2]
@@ -36,6 +41,12 @@ def make_adamw(
         {"params": decay, "weight_decay": weight_decay},
         {"params": rest, "weight_decay": 0.0},
     ]
+    if zero_group is not None:
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        return ZeroRedundancyOptimizer(
+            groups, optimizer_class=torch.optim.AdamW, process_group=zero_group, lr=lr, betas=betas, eps=eps
+        )
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
 
 

@@ -66,7 +66,7 @@ def build_plan(config: RunConfig) -> Plan:
         by=config.split_by,
         seed=config.seed,
     )
-    program = compile_program(order, split.graph)
+    program = compile_program(order, split.graph, dp=config.dp)
 
     def materialize(stage: int, device: torch.device) -> torch.nn.Module:
         return materialize_stage(split, stage, device=device, seed=config.seed)

@@ -159,10 +159,10 @@ def _plan(config: RunConfig, *, world: int):
     order = build_order(config)
     expected = config.dp * order.ranks
     if world != expected:
-        raise RunError(
-            f"world size {world} != schedule ranks {order.ranks}: start {expected} processes "
-            f"(--nproc-per-node {expected}) or pass --ranks {world}"
-        )
+        shape = f"schedule ranks {order.ranks}" if config.dp == 1 else f"dp {config.dp} x schedule ranks {order.ranks}"
+        fix = f"pass --ranks {world}" if config.dp == 1 else "change --dp"
+        raise RunError(f"world size {world} != {shape}: start {expected} processes "
+                       f"(--nproc-per-node {expected}) or {fix}")
     plan = build_plan(config)
     log.info("preflight: %s ranks, %s stages compiled and verified", plan.program.ranks, plan.program.stages)
     return plan

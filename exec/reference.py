@@ -1,7 +1,9 @@
 """The reference: the same model, data and optimizer in a plain single-process loop.
 
 `ppc run --reference` uses it to check that the pipeline computes what single-device
-training computes; the benchmark uses it as the baseline.
+training computes; the benchmark uses it as the baseline. With `config.dp` = D it is the
+twin of D pipeline replicas: every step runs the whole global batch, D x M microbatches in
+the order exec/data.py gives, each weighted 1 / (D x M).
 """
 
 from __future__ import annotations
@@ -48,11 +50,12 @@ def train_reference(
     autocast = torch.bfloat16 if config.dtype == "bf16" and device.type == "cuda" else None
     writer = MetricsWriter(config.metrics) if config.metrics else None
     history = []
+    total = config.microbatches * config.dp  # microbatches of the global batch
     for step in range(steps if steps is not None else config.steps):
         lr = lr_at(step, lr=config.lr, warmup=config.warmup, steps=config.steps, min_ratio=config.min_lr_ratio)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = data.microbatches(step, microbatches=config.microbatches, microbatch_size=config.microbatch_size)
+        batch = data.microbatches(step, microbatches=total, microbatch_size=config.microbatch_size)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         began = time.perf_counter()
@@ -61,7 +64,7 @@ def train_reference(
             micro = {k: v.to(device) for k, v in micro.items()}
             with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
                 loss = loss_fn(model, micro)
-            torch.autograd.backward(loss, torch.full_like(loss, 1.0 / config.microbatches))
+            torch.autograd.backward(loss, torch.full_like(loss, 1.0 / total))
             losses.append(loss.detach())
         norm = clip_by_norm(params, squared_norm(params), config.clip)
         optimizer.step()

@@ -20,7 +20,8 @@ META_FILE = "meta.json"
 """Written next to the rank files of a step directory; the launcher reads it."""
 
 FLAGS = {
-    "model": "--model", "schedule": "--schedule", "ranks": "--ranks", "stages": "--virtual",
+    "model": "--model", "schedule": "--schedule", "ranks": "--ranks", "dp": "--dp",
+    "stages": "--virtual-stages",
     "placement": "--placement", "split": "--split", "split_sizes": "--split",
     "microbatches": "--microbatches", "microbatch_size": "--microbatch-size",
     "seq_len": "--seq-len", "steps": "--steps", "warmup": "--warmup", "lr": "--lr",
@@ -36,6 +37,7 @@ def run_meta(config, program, split) -> dict:
         "model": config.model,
         "schedule": config.schedule,
         "ranks": program.ranks,
+        "dp": config.dp,
         "stages": program.stages,
         "placement": list(program.placement),
         "split": config.split,
@@ -43,7 +45,7 @@ def run_meta(config, program, split) -> dict:
         "microbatches": program.microbatches,
         "microbatch_size": config.microbatch_size,
         "seq_len": config.seq_len,
-        "sequences_per_step": config.microbatches * config.microbatch_size,
+        "sequences_per_step": config.sequences_per_step,
         "steps": config.steps,
         "warmup": config.warmup,
         "lr": config.lr,

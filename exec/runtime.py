@@ -108,6 +108,7 @@ class RankRuntime:
         device: torch.device,
         autocast_dtype: torch.dtype | None = None,
         on_reduce_tied: Callable[[Instruction], None] | None = None,
+        on_reduce_grad: Callable[[Instruction], None] | None = None,
         on_step: Callable[[], None] | None = None,
         observer: Callable[[int, Instruction], None] | None = None,
         trace: bool = False,
@@ -125,6 +126,7 @@ class RankRuntime:
         self.transport = Transport(device=device, pool=self.pool, group=group)
         self._preallocate()
         self._on_reduce_tied, self._on_step, self._observer = on_reduce_tied, on_step, observer
+        self._on_reduce_grad = on_reduce_grad
         self._uses = self._count_uses()
         self._dropping = {(ins.stage, ins.mb) for ins in _flat(self.instructions)
                           if "forward" in ins.op.drops}
@@ -445,6 +447,13 @@ class RankRuntime:
     def _reduce_tied(self, ins: Instruction) -> None:
         if self._on_reduce_tied is not None:
             self._on_reduce_tied(ins)
+
+    @handles("REDUCE_GRAD")
+    def _reduce_grad(self, ins: Instruction) -> None:
+        """Start the stage's gradient reduction across the replicas and go on: the STEP
+        waits for it (exec/dp.py)."""
+        if self._on_reduce_grad is not None:
+            self._on_reduce_grad(ins)
 
     @handles("FB")
     @handles("FI")

@@ -47,6 +47,10 @@ class TiedReducer:
                 self._secondary.add(id(shared))
             self._tied.append(_Tied(name=tied.name, param=shared, group=group))
 
+    def params(self, names: set[str] | None = None) -> list[torch.nn.Parameter]:
+        """This rank's copies of the tied weights in `names` (all when None)."""
+        return [t.param for t in self._tied if not names or t.name in names]
+
     def counts_in_norm(self, param: torch.nn.Parameter) -> bool:
         return id(param) not in self._secondary
 

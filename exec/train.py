@@ -1,9 +1,10 @@
 """The pipeline training loop of one rank: build its stages, run the program every step,
-reduce tied weights, clip by the global norm, step AdamW, report, checkpoint.
+reduce gradients across replicas and tied weights, clip by the global norm, step AdamW,
+report, checkpoint.
 
 The rank's place in the run comes from a `PipelineMesh` (exec/mesh.py): its pipeline rank
-picks its program, and every collective goes through the group the mesh hands out.
-Replica 0 alone writes metrics and checkpoints."""
+picks its program, its replica its shard of the global batch, and every collective goes
+through the group the mesh hands out. Replica 0 alone writes metrics and checkpoints."""
 
 from __future__ import annotations
 
@@ -17,14 +18,18 @@ import torch.distributed as dist
 from ppc.exec.checkpoint import load_rank_state, save_merged, save_rank_state
 from ppc.exec.config import RunConfig
 from ppc.exec.data import load_data, load_tokenizer
+from ppc.exec.dp import GradReducer
 from ppc.exec.mesh import PipelineMesh, build_mesh
 from ppc.exec.metrics import MetricsWriter, StepMetrics
 from ppc.exec.nonfinite import check_grad_norm, check_loss
-from ppc.exec.optim import clip_by_norm, lr_at, make_adamw, squared_norm
+from ppc.exec.optim import lr_at, make_adamw
 from ppc.exec.plan import Plan
 from ppc.exec.resume import run_meta
 from ppc.exec.runtime import RankRuntime
+from ppc.exec.stepping import optimizer_step
 from ppc.exec.tied import TiedReducer
+
+from ppc.errors import RunError
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +72,8 @@ def train_pipeline(
     program, split = plan.program, plan.split
     if mesh is None:
         mesh = build_mesh(dp=config.dp, pp=program.ranks, device_type=device.type)
+    if mesh.layout.dp != config.dp:
+        raise RunError(f"the mesh has {mesh.layout.dp} replicas, the run config dp={config.dp}")
     rank, pp_group = mesh.rank, mesh.pp_group
     torch.manual_seed(config.seed + rank)
     mine = [s for s, r in enumerate(program.placement) if r == rank]
@@ -79,7 +86,15 @@ def train_pipeline(
     )
     # dict.fromkeys: a tied weight shared by two local stages is one parameter
     params = list(dict.fromkeys(p for s in mine for p in modules[s].parameters() if p.requires_grad))
-    optimizer = make_adamw(params, lr=config.lr, weight_decay=config.weight_decay)
+    zero = config.zero >= 1 and config.dp > 1
+    optimizer = make_adamw(params, lr=config.lr, weight_decay=config.weight_decay,
+                           zero_group=mesh.dp_group if zero else None)
+    grads = GradReducer(
+        params={s: [p for p in modules[s].parameters() if p.requires_grad] for s in mine},
+        order=[ins.stage for ins in program.instructions[rank] if ins.op.name == "REDUCE_GRAD"],
+        group=mesh.dp_group,
+        replicas=config.dp,
+    )
     data = load_data(
         config.data, tokenizer=load_tokenizer(config.tokenizer), seq_len=config.seq_len, seed=config.seed
     )
@@ -89,17 +104,19 @@ def train_pipeline(
         start = load_rank_state(config.resume, rank=rank, modules=modules, optimizer=optimizer, meta=meta)
     norm_box: list[float] = [0.0]
 
+    def on_reduce_tied(ins) -> None:
+        names = {t.name for t in ins.tensors} or None
+        grads.wait(tied.params(names))  # a tied weight's dp average lands before the pp sum
+        tied.reduce(names)
+
     def on_step() -> None:
-        tied.finish_step()
-        counted = [p for p in params if tied.counts_in_norm(p)]
-        squared = squared_norm(counted).to(device)
-        # over pp, not the mesh: replicas hold equal gradients (see exec/mesh.py)
-        norm_box[0] = clip_by_norm(params, squared, config.clip, reduce=lambda t: _all_sum(t, pp_group))
-        if not config.allow_nonfinite:
-            check_grad_norm(norm_box[0], step=step, params=counted, rank=rank, ranks=program.ranks,
+        def check(norm: float, counted) -> None:
+            check_grad_norm(norm, step=step, params=counted, rank=rank, ranks=program.ranks,
                             group=pp_group, device=device)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+
+        norm_box[0] = optimizer_step(params=params, tied=tied, optimizer=optimizer, clip=config.clip,
+                                     group=pp_group, device=device, reductions=grads,
+                                     check=None if config.allow_nonfinite else check)
 
     runtime = RankRuntime(
         program=program,
@@ -108,7 +125,8 @@ def train_pipeline(
         modules=modules,
         device=device,
         autocast_dtype=autocast_dtype(config, device),
-        on_reduce_tied=lambda ins: tied.reduce({t.name for t in ins.tensors} or None),
+        on_reduce_tied=on_reduce_tied,
+        on_reduce_grad=lambda ins: grads.start(ins.stage),
         on_step=on_step,
         observer=observer,
         trace=config.trace is not None,
@@ -126,7 +144,8 @@ def train_pipeline(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = data.microbatches(
-                step, microbatches=config.microbatches, microbatch_size=config.microbatch_size
+                step, microbatches=config.microbatches, microbatch_size=config.microbatch_size,
+                replicas=config.dp, replica=mesh.replica,
             )
             _sync(device)
             began = time.perf_counter()
@@ -139,7 +158,7 @@ def train_pipeline(
                 record = StepMetrics(
                     step=step + 1,
                     steps=config.steps,
-                    loss=sum(losses[m] for m in sorted(losses)) / len(losses),
+                    loss=_global_loss(losses, mesh, device),
                     lr=lr,
                     step_time_s=elapsed,
                     tokens_per_s=config.tokens_per_step / elapsed,
@@ -150,12 +169,14 @@ def train_pipeline(
                     writer.write(record)
                 if on_metrics is not None and reports:
                     on_metrics(record)
-            if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and mesh.replica == 0:
-                directory = config.checkpoint_dir or "checkpoints"
-                save_rank_state(
-                    directory, step=step + 1, rank=rank, modules=modules, optimizer=optimizer, meta=meta,
-                    group=pp_group,
-                )
+            if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
+                if zero:
+                    optimizer.consolidate_state_dict(to=0)  # on replica 0 (collective over dp)
+                if mesh.replica == 0:  # one file per stage: replicas hold equal state
+                    save_rank_state(
+                        config.checkpoint_dir or "checkpoints", step=step + 1, rank=rank, modules=modules,
+                        optimizer=optimizer, meta=meta, group=pp_group,
+                    )
     finally:
         if writer is not None:
             writer.close()
@@ -169,6 +190,10 @@ def train_pipeline(
     return result
 
 
-def _all_sum(tensor: torch.Tensor, group) -> torch.Tensor:
-    dist.all_reduce(tensor, group=group)
-    return tensor
+def _global_loss(losses: dict[int, float], mesh: PipelineMesh, device: torch.device) -> float:
+    """The mean loss over the global batch: this replica's microbatch losses summed, the
+    sums added over the dp group, divided by every replica's microbatches."""
+    total = torch.tensor([sum(losses[m] for m in sorted(losses))], dtype=torch.float64, device=device)
+    if mesh.layout.dp > 1:
+        dist.all_reduce(total, group=mesh.dp_group)
+    return float(total) / (len(losses) * mesh.layout.dp)

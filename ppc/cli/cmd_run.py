@@ -1,8 +1,8 @@
 """`ppc run`: train a model with a pipeline schedule (or the single-process reference).
 
 Under torchrun each process is one rank. Outside torchrun the command checks its input,
-then starts one worker per rank itself (`--nproc-per-node`, default: the schedule's
-ranks). torch is imported only inside the functions.
+then starts one worker per rank itself (`--nproc-per-node`, default: D x R, the replicas
+times the schedule's ranks). torch is imported only inside the functions.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="train although --model DIR's weights lack some parameters (they start random)")
     g.add_argument("--allow-unexpected-keys", action="store_true",
                    help="train although --model DIR's weights hold tensors the model does not have")
-    add_ranks(g, default=4, help="pipeline ranks R (= world size)")
+    add_ranks(g, default=4, help="pipeline ranks R (world size = D x R)")
     add_virtual(g)
     g.add_argument("--placement", choices=("loop", "v"), help="override the schedule's placement")
     g.add_argument("--split", default="cost", metavar="cost|layers|params|N,N,..",
@@ -58,7 +58,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g = p.add_argument_group("devices and processes")
     g.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     g.add_argument("--dtype", choices=("fp32", "bf16"), help="default: bf16 on cuda, fp32 on cpu")
-    g.add_argument("--nproc-per-node", type=int, help="start this many workers (outside torchrun)")
+    g.add_argument("--dp", type=int, metavar="D",
+                   help="pipeline replicas D, each on its own shard of the global batch, gradients "
+                   "averaged (default: 1; under torchrun: world size / R)")
+    g.add_argument("--zero", type=int, choices=(0, 1), default=0,
+                   help="1: shard AdamW state over the D replicas (ZeRO-1)")
+    g.add_argument("--nproc-per-node", type=int, help="start this many workers (outside torchrun; default D x R)")
     g.add_argument("--timeout", type=float, default=300.0, help="seconds before a stuck op fails")
     g.add_argument("--reference", action="store_true", help="plain single-process loop instead")
     g = p.add_argument_group("outputs")
@@ -79,8 +84,9 @@ def _config(args):
     device = args.device or _default_device()
     return RunConfig(
         model=args.model, allow_missing_keys=args.allow_missing_keys,
-        allow_unexpected_keys=args.allow_unexpected_keys, schedule=args.schedule, ranks=args.ranks, virtual=args.virtual,
-        placement=args.placement, split=args.split, microbatches=args.microbatches,
+        allow_unexpected_keys=args.allow_unexpected_keys, schedule=args.schedule, ranks=args.ranks,
+        virtual=args.virtual, dp=_replicas(args), zero=args.zero, placement=args.placement, split=args.split,
+        microbatches=args.microbatches,
         microbatch_size=args.microbatch_size, seq_len=args.seq_len, steps=args.steps, lr=args.lr,
         warmup=args.warmup, weight_decay=args.weight_decay, clip=args.clip or None, seed=args.seed,
         data=args.data, tokenizer=args.tokenizer, device=device,
@@ -89,6 +95,19 @@ def _config(args):
         resume=args.resume, trace=args.trace, timeout=args.timeout,
         allow_nonfinite=args.allow_nonfinite,
     )
+
+
+def _replicas(args) -> int:
+    """--dp, or under torchrun (when not given) the world size over the pipeline ranks."""
+    if args.dp is not None:
+        return args.dp
+    from ppc.exec import launch
+
+    if launch.under_torchrun() and not args.reference:
+        world = int(os.environ["WORLD_SIZE"])
+        if args.ranks and world % args.ranks == 0:
+            return world // args.ranks
+    return 1
 
 
 def _default_device() -> str:
@@ -109,7 +128,7 @@ def run(args) -> int:
         return _run_reference(config, args)
     if launch.under_torchrun():
         return _run_worker(config, args)
-    nproc = args.nproc_per_node or config.ranks
+    nproc = args.nproc_per_node or config.dp * config.ranks
     _check_inputs(config, world=nproc)
     code, message = launch.self_launch(_argv(args), nproc=nproc)
     if code:
@@ -176,7 +195,7 @@ def _run_reference(config, args) -> int:
     from ppc.exec.checkpoint import write_hf
     from ppc.exec.reference import train_reference
 
-    _check_inputs(config, world=config.ranks)
+    _check_inputs(config, world=config.dp * config.ranks)
     with _reporter(args, config) as reporter:
         model, _ = train_reference(config, device=torch.device(config.device), on_metrics=reporter.step)
     if config.save:

@@ -253,6 +253,7 @@ def _assemble(gm, stage_of, units, unit_stage, stages: int, by: str) -> SplitMod
         values=values,
         tied=tied,
         activation_bytes=tuple(s.activation_bytes for s in stage_modules),
+        param_bytes=tuple(_grad_bytes(module) for module in modules),
     )
     batch_inputs = tuple(n.name for n in gm.graph.nodes if n.op == "placeholder")
     return SplitModel(
@@ -264,6 +265,12 @@ def _assemble(gm, stage_of, units, unit_stage, stages: int, by: str) -> SplitMod
         by=by,
         blocks=tuple(str(n.target) for n in units),
     )
+
+
+def _grad_bytes(module: fx.GraphModule) -> int:
+    """Bytes of the stage's trainable parameters' gradients (fp32, as the executor keeps
+    them): what a data-parallel gradient reduction of the stage moves."""
+    return sum(p.numel() * 4 for p in module.parameters() if p.requires_grad)
 
 
 def _canonical(gm: fx.GraphModule) -> dict[int, str]:
