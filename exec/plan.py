@@ -3,6 +3,7 @@ materialize one stage. Built from the real language, compiler and frontend."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -52,20 +53,24 @@ def check_model(config: RunConfig) -> None:
         raise RunError(f"--seq-len {config.seq_len} exceeds {config.model}'s limit of {limit} positions")
 
 
+@functools.lru_cache(maxsize=4)
+def _split(model: str, stages: int, seq_len: int, microbatch_size: int, by, seed: int):
+    """The traced and split model (on meta: shapes only), kept for the plans that follow in
+    this process (a preflight and its checks, several schedules of one model in tests);
+    stages are materialized from it by deep copy, so it is never changed."""
+    from ppc.frontend import build_split
+
+    return build_split(model, stages=stages, seq_len=seq_len, microbatch_size=microbatch_size, by=by, seed=seed)
+
+
 def build_plan(config: RunConfig) -> Plan:
     """Expand, split and compile: the same deterministic plan on every rank."""
     from ppc.compiler import compile_program
-    from ppc.frontend import build_split, materialize_stage
+    from ppc.frontend import materialize_stage
 
     order = build_order(config)
-    split = build_split(
-        config.model,
-        stages=order.stages,
-        seq_len=config.seq_len,
-        microbatch_size=config.microbatch_size,
-        by=config.split_by,
-        seed=config.seed,
-    )
+    split = _split(config.model, order.stages, config.seq_len, config.microbatch_size, config.split_by,
+                   config.seed)
     program = compile_program(order, split.graph, dp=config.dp)
 
     def materialize(stage: int, device: torch.device) -> torch.nn.Module:

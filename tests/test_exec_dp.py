@@ -210,7 +210,7 @@ def test_pp2_x_dp2_resume_reproduces_losses(zero, dp_runs):
         assert part["resumed"] == part["full"][2:]
         assert part["switched"] == part["full"][2:], "resuming with the other --zero changes nothing"
     # one file per stage, written by replica 0
-    assert parts[0]["files"] == ["rank-0.pt", "rank-1.pt"]
+    assert parts[0]["files"] == ["meta.json", "rank-0.pt", "rank-1.pt"]
 
 
 # ----- CLI ------------------------------------------------------------------------------
@@ -221,7 +221,8 @@ CLI = ["run", "--model", "tiny-llama", "--ranks", "2", "--dp", "2", "--microbatc
 
 @pytest.mark.slow
 def test_cli_dp_equals_reference_dp(tmp_path):
-    pipe = ppc(*CLI, "--schedule", "1f1b", "--zero", "1", "--metrics", str(tmp_path / "p.jsonl"))
+    pipe = ppc(*CLI, "--schedule", "1f1b", "--zero", "1", "--metrics", str(tmp_path / "p.jsonl"),
+               "--trace", str(tmp_path / "t.json"))
     assert pipe.returncode == 0, pipe.stderr[-2000:]
     ref = ppc(*CLI, "--schedule", "1f1b", "--reference", "--metrics", str(tmp_path / "r.jsonl"))
     assert ref.returncode == 0, ref.stderr[-2000:]
@@ -231,6 +232,9 @@ def test_cli_dp_equals_reference_dp(tmp_path):
     assert [x["loss"] for x in p] == pytest.approx([x["loss"] for x in r], rel=1e-4)
     # tokens per step count the whole global batch: D x M x B x seq_len = 2 x 2 x 1 x 16
     assert [x["tokens_per_s"] * x["step_time_s"] for x in p] == pytest.approx([64, 64])
+    # replica 0 writes the trace: one process per pipeline rank
+    trace = json.loads((tmp_path / "t.json").read_text())
+    assert {e["pid"] for e in trace["traceEvents"]} == {0, 1}
 
 
 @pytest.mark.slow

@@ -93,7 +93,24 @@ def cases(tmp: Path) -> list[tuple[str, str, int]]:
         ("torch_csv", str(csv), 1),
         ("recompute", str(recompute), 1),
         ("recompute_split", str(recompute_split), 1),
+        ("searched", str(tmp / SEARCHED), 1),
     ]
+
+
+SEARCHED = "searched.csv"
+
+
+def _search(tmp: Path) -> None:
+    """`ppc search`'s order for uneven costs (the last stage twice as heavy, I:W = 3:1) in
+    1F1B's memory, written as the CSV every rank then trains with."""
+    from ppc.costs import CostModel
+    from ppc.search import MemoryBudget, SearchRequest, search
+
+    costs = CostModel(forward=(1, 1, 1, 2), backward_input=(1.5, 1.5, 1.5, 3), backward_weight=(0.5, 0.5, 0.5, 1))
+    result = search(SearchRequest(ranks=WORLD, microbatches=CONFIG.microbatches, costs=costs,
+                                  memory=MemoryBudget(limit=WORLD), time_limit=20, workers=1))
+    assert result.source == "search", "the solver's own order, not a built-in's"
+    (tmp / SEARCHED).write_text(write_csv(result.order))
 
 
 def _worker(rank: int, port: int, tmp: str) -> None:
@@ -149,6 +166,7 @@ def test_resume_reproduces_losses(pipeline_runs):
 @pytest.fixture(scope="module")
 def pipeline_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pipe")
+    _search(tmp)
     mp.spawn(_worker, args=(free_port(), str(tmp)), nprocs=WORLD, join=True)
     runs = {}
     for model in MODELS:
@@ -178,7 +196,7 @@ def references():
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize(
     "case", ["gpipe", "1f1b", "interleaved_1f1b", "zb_h1", "zbv", "interleaved_zb", "dualpipev", "custom_ppc",
-             "torch_csv", "recompute", "recompute_split"]
+             "torch_csv", "recompute", "recompute_split", "searched"]
 )
 def test_pipeline_equals_reference(model, case, pipeline_runs, references):
     losses, weights = pipeline_runs[model, case]

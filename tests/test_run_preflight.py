@@ -201,6 +201,6 @@ def test_damaged_checkpoint_names_the_file(checkpoint, tmp_path, capsys, no_laun
     old = json.loads((step / "meta.json").read_text())
     keep = ("schedule", "model", "ranks", "stages", "placement", "microbatches", "sequences_per_step")
     (step / "meta.json").write_text(json.dumps({k: old[k] for k in keep}))
-    assert "does not record split (written by an older ppc)" in _refused(args, capsys)
+    assert "does not record dp (written by an older ppc)" in _refused(args, capsys)
     rank1.unlink()
     assert f"checkpoint {rank1} is missing" in _refused(args, capsys)
