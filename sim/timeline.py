@@ -19,6 +19,7 @@ it would without reductions is the rank's exposed reduction time.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 from collections.abc import Iterator
@@ -129,6 +130,9 @@ def simulate(
     if dp < 1 or zero not in (0, 1):
         raise CostError(f"need dp >= 1 and zero 0 or 1, got dp={dp!r}, zero={zero!r}")
     pg = checked or check(program, graph)
+    if dp > 1 and costs.cores is not None:
+        # a CPU host's cores serve every replica's ranks alike: each pipeline gets 1/dp of them
+        costs = dataclasses.replace(costs, cores=costs.cores / dp)
     network = _Network(pg, costs, dp, zero)
     start, end, pred, busy = _run(pg, costs, network)
     makespan = max(end, default=0.0)
