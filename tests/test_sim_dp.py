@@ -60,7 +60,8 @@ def test_one_stage_per_rank_exposes_the_whole_all_reduce(cores):
     single, replicated = programs("1f1b", 4, 8, 1, 4000, dp=4)
     c = dataclasses.replace(costs(4), cores=cores)
     base = simulate(single, c)
-    dp = simulate(replicated, c, dp=4)
+    # replicas share a CPU host's cores: 4 replicas need 4x the cores of one pipeline
+    dp = simulate(replicated, dataclasses.replace(c, cores=cores and 4 * cores), dp=4)
     reduce = c.all_reduce(4000, 4)  # 6 + 3 = 9
     # 1F1B's one stage per rank ends with its last W: nothing left to hide the reduction
     assert [s.reduce for s in dp.per_rank] == pytest.approx([reduce] * 4)
@@ -71,6 +72,8 @@ def test_one_stage_per_rank_exposes_the_whole_all_reduce(cores):
     assert compute == pytest.approx([t for x in base.spans(compute_only=True) for t in (x.start, x.end)])
     # with one replica the same program takes no reduction time
     assert simulate(replicated, c).makespan == pytest.approx(base.makespan)
+    if cores:  # the host's cores serve every replica: on one pipeline's cores, compute stretches
+        assert simulate(replicated, c, dp=4).makespan > dp.makespan
 
 
 @pytest.mark.parametrize("cores", [None, 2.0])
@@ -78,7 +81,7 @@ def test_interleaved_hides_the_first_chunk_reduction(cores):
     single, replicated = programs("interleaved_1f1b", 4, 8, 2, 4000, dp=8)
     c = dataclasses.replace(costs(8), cores=cores)
     base = simulate(single, c)
-    dp = simulate(replicated, c, dp=8)
+    dp = simulate(replicated, dataclasses.replace(c, cores=cores and 8 * cores), dp=8)
     reduce = c.all_reduce(4000, 8)  # per stage
     assert reduce == pytest.approx(2 * 7 / 8 * 4 + 2 * 7 * 0.5)
     for rank, stats in enumerate(dp.per_rank):
