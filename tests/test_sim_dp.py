@@ -129,7 +129,8 @@ def test_cli_simulate_dp_shows_reductions_and_their_exposed_time(tmp_path):
     assert [r["exposed_reduce"] for r in doc["per_rank"]] == pytest.approx([9.0, 9.0])
     one = json.loads(ppc("simulate", "1f1b", "-r", "2", "-m", "4", "--costs", spec, "--json").stdout)
     assert doc["makespan"] == pytest.approx(one["makespan"] + 9.0)
-    text = ppc("simulate", "1f1b", "-r", "2", "-m", "4", "--dp", "4", "--costs", spec, "--width", "60").stdout
+    text = ppc("simulate", "1f1b", "-r", "2", "-m", "4", "--dp", "4", "--costs", spec, "--width", "60",
+               env={"COLUMNS": "200"}).stdout
     assert "exposed reduce" in text and "REDUCE_GRAD" in text and "  net" in text
     assert "DP 4 x PP 2 = 8 ranks" in text
     bad = ppc("simulate", "1f1b", "-r", "2", "-m", "4", "--dp", "0")
