@@ -359,7 +359,7 @@ def _builtin() -> None:
                pairing="every owning rank runs it once, for the same tensor",
                category=Category.COLLECTIVE, colour="#d9534f"),
         OpKind(name="REDUCE_GRAD", doc="Reduce a stage's gradients across the pipeline replicas "
-               "(all-reduce; reduce-scatter under ZeRO-1).",
+               "(an all-reduce; the simulator times ZeRO-1 as a reduce-scatter).",
                pairing="once per stage and step, after the stage's last backward on its rank; "
                "the same rank of every replica runs it", category=Category.REDUCE, csv="REDUCE_GRAD",
                colour="#e377c2"),
