@@ -101,7 +101,8 @@ def read_state(path: Path, *, mmap: bool = False) -> dict:
     return state
 
 
-def save_merged(directory: str, *, model: str, rank: int, named: dict[str, torch.Tensor], group=None) -> None:
+def save_merged(directory: str, *, model: str, rank: int, named: dict[str, torch.Tensor], group=None,
+                tokenizer: str | None = None) -> None:
     """Gather every rank's full-model-named weights into DIR as a Hugging Face checkpoint
     (config.json + model.safetensors) that AutoModelForCausalLM.from_pretrained loads."""
     out = Path(directory)
@@ -116,13 +117,14 @@ def save_merged(directory: str, *, model: str, rank: int, named: dict[str, torch
         merged: dict[str, torch.Tensor] = {}
         for part in files:
             merged.update(torch.load(part, map_location="cpu", weights_only=True))
-        write_hf(out, model=model, weights=merged)
+        write_hf(out, model=model, weights=merged, tokenizer=tokenizer)
         shutil.rmtree(parts)
     _barrier(group)
 
 
-def write_hf(out: Path, *, model: str, weights: dict[str, torch.Tensor]) -> None:
-    """Load `weights` into the model's skeleton (built on meta) and save_pretrained it."""
+def write_hf(out: Path, *, model: str, weights: dict[str, torch.Tensor], tokenizer: str | None = None) -> None:
+    """Load `weights` into the model's skeleton (built on meta) and save_pretrained it, with
+    the run's tokenizer (a local Hugging Face tokenizer directory) beside it when given."""
     from ppc.frontend import build_model
 
     skeleton = build_model(model, device="meta")
@@ -135,3 +137,7 @@ def write_hf(out: Path, *, model: str, weights: dict[str, torch.Tensor]) -> None
     if left:
         raise RunError(f"merged checkpoint lacks weights: {left[:3]}")
     skeleton.save_pretrained(out, safe_serialization=True)
+    if tokenizer is not None:
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(tokenizer, local_files_only=True).save_pretrained(out)

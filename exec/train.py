@@ -186,7 +186,8 @@ def train_pipeline(
             for s in mine
             for local, p in modules[s].named_parameters()
         }
-        save_merged(config.save, model=plan.model, rank=rank, named=named, group=pp_group)
+        save_merged(config.save, model=plan.model, rank=rank, named=named, group=pp_group,
+                    tokenizer=config.tokenizer)
     return result
 
 

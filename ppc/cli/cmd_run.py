@@ -202,7 +202,7 @@ def _run_reference(config, args) -> int:
         from pathlib import Path
 
         named = {n: p.detach().float().cpu() for n, p in model.state_dict().items()}
-        write_hf(Path(config.save), model=config.model, weights=named)
+        write_hf(Path(config.save), model=config.model, weights=named, tokenizer=config.tokenizer)
     return 0
 
 
