@@ -47,7 +47,7 @@ def check_model(config: RunConfig) -> None:
 
     model = build_model(config.model, device="meta", seed=config.seed)
     check_checkpoint(config.model, allow_missing=config.allow_missing_keys,
-                     allow_unexpected=config.allow_unexpected_keys)
+                     allow_unexpected=config.allow_unexpected_keys, skeleton=model)
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if limit is not None and config.seq_len > limit:
         raise RunError(f"--seq-len {config.seq_len} exceeds {config.model}'s limit of {limit} positions")

@@ -260,14 +260,17 @@ def checkpoint_keys(directory: str | Path) -> set[str]:
     return {key for file in weight_files(directory) for key, _ in _tensors(file)}
 
 
-def check_checkpoint(model: str, *, allow_missing: bool = False, allow_unexpected: bool = False) -> None:
+def check_checkpoint(model: str, *, allow_missing: bool = False, allow_unexpected: bool = False,
+                     skeleton: nn.Module | None = None) -> None:
     """A model directory's weights against the model's parameters: one ModelError line for
     missing or unexpected keys (unless allowed), so nothing trains from a silent random
-    init. Tied parameters count once; a directory without weight files is a random init."""
+    init. Tied parameters count once; a directory without weight files is a random init.
+    `skeleton`: the model already built on meta, when the caller has it."""
     directory = weights_dir(model)
     if directory is None:
         return
-    skeleton = build_model(model, device="meta")  # tied parameters tied: one object, several names
+    if skeleton is None:  # tied parameters tied: one object, several names
+        skeleton = build_model(model, device="meta")
     aliases: dict[int, set[str]] = {}
     for name, param in skeleton.named_parameters(remove_duplicate=False):
         aliases.setdefault(id(param), set()).add(name)

@@ -128,10 +128,6 @@ class OpKind:
         return self.category is Category.SEND or self.category is Category.RECV
 
     @property
-    def is_composite(self) -> bool:
-        return bool(self.parts)
-
-    @property
     def value(self) -> str:
         """The name (kept so code written against an Enum reads the same)."""
         return self.name

@@ -86,10 +86,6 @@ class ComputeIndex:
             return f"({';'.join(f'{s}{k.name}{m}' for k, s, m in parts)}){kind.csv}"
         return f"{stage}{kind.name}{mb}"
 
-    def units(self, g: int) -> tuple[tuple[OpKind, int, int], ...]:
-        """What op g computes: its parts, or itself."""
-        return self.parts.get(g) or (self.ops[g],)
-
 
 def last_backward_of(index: ComputeIndex, stages: Sequence[int]) -> list[int]:
     """Per microbatch, the latest input-gradient op (B or I) among `stages` (one rank)."""
