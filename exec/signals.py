@@ -21,7 +21,7 @@ import time
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LAUNCHER_ENV", "guard_worker", "interrupt_on_sigterm"]
+__all__ = ["LAUNCHER_ENV", "exit_worker", "guard_worker", "interrupt_on_sigterm"]
 
 LAUNCHER_ENV = "PPC_LAUNCHER_PID"
 """Set by the self-launcher to its pid: a worker whose parent is already gone exits."""
@@ -70,3 +70,18 @@ def _watch_parent(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(WATCHDOG_INTERVAL_S)
     os._exit(1)
+
+
+def exit_worker(code: int) -> None:
+    """End a worker whose run is finished and whose process group is destroyed, without
+    interpreter finalization: static C++ objects torch's gloo backend leaves behind can
+    hold joinable threads, and destroying them at exit aborts a rank that trained well
+    ("terminate called without an active exception", SIGABRT). Everything the run wrote
+    is flushed first."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)

@@ -47,6 +47,7 @@ def start_worker(config: RunConfig, *, board, on_metrics=None, fault: str | None
     if config.trace and mesh.replica == 0:
         records = result.runtime.trace_records or []
         write_trace(config.trace, rank=mesh.rank, records=records, group=mesh.pp_group)
+    dist.barrier()  # no rank tears down its process group while a peer still talks to it
     board.update(config.steps, "done")
     return 0
 

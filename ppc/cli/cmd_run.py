@@ -165,6 +165,7 @@ def _run_worker(config, args) -> int:
     import torch.distributed as dist
 
     from ppc.exec import launch
+    from ppc.exec.signals import exit_worker
     from ppc.exec.worker import start_worker
 
     rank = int(os.environ["RANK"])
@@ -172,7 +173,7 @@ def _run_worker(config, args) -> int:
     fault = os.environ.get(FAULT_ENV)
     try:
         with _reporter(args, config) as reporter:
-            return start_worker(config, board=board, on_metrics=reporter.step, fault=fault)
+            code = start_worker(config, board=board, on_metrics=reporter.step, fault=fault)
     except PpcError as error:
         board.fail(f"rank {rank}: {error}")
         raise
@@ -184,6 +185,7 @@ def _run_worker(config, args) -> int:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+    exit_worker(code)
 
 
 def _run_reference(config, args) -> int:
