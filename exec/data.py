@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ppc.exec.data_sources import DEFAULT_COLUMN, documents
+from ppc.exec.data_sources import DEFAULT_COLUMN, check_source, documents
 from ppc.exec.token_cache import cache_file, load_or_tokenize, tokenize
 
 from ppc.errors import RunError
@@ -159,6 +159,7 @@ def load_tokens(
     key = getattr(tokenizer, "cache_key", None)
     if path is None or not cache or key is None:
         return torch.from_numpy(tokenize(documents(path, column=column), tokenizer, what=str(path)))
+    check_source(path)  # before its files are looked at for the cache key
     file = cache_file(path, column=column, tokenizer_key=key, directory=cache_dir)
     tokens = load_or_tokenize(file, lambda: tokenize(documents(path, column=column), tokenizer, what=path))
     return torch.from_numpy(tokens)

@@ -19,7 +19,7 @@ from pathlib import Path
 from ppc.errors import RunError
 from ppc.inputs import decode
 
-__all__ = ["DEFAULT_COLUMN", "FORMATS", "documents", "is_dataset_dir"]
+__all__ = ["DEFAULT_COLUMN", "FORMATS", "check_source", "documents", "is_dataset_dir"]
 
 DEFAULT_COLUMN = "text"
 """The field (.jsonl) or column (.parquet, .arrow, datasets) that holds each document."""
@@ -38,15 +38,26 @@ def documents(path: str | None, *, column: str = DEFAULT_COLUMN) -> Iterator[str
         from pydoc_data.topics import topics
 
         return iter([topics[key] for key in sorted(topics)])
-    source = Path(path)
+    source = check_source(path)
     if source.is_dir():
         return _dataset_dir(source, column)
+    return _READERS[source.suffix.lower()](source, column)
+
+
+def check_source(path: str) -> Path:
+    """`path` as a Path, if it names a file of a known format or a saved dataset directory
+    (nothing is opened); else RunError."""
+    source = Path(path)
+    if source.is_dir():
+        if not is_dataset_dir(source):
+            raise RunError(f"--data {source} is a directory but not a saved Hugging Face dataset "
+                           f"(no {' or '.join(_DATASET_MARKERS)})")
+        return source
     if not source.is_file():
         raise RunError(f"data file not found: {path}")
-    reader = _READERS.get(source.suffix.lower())
-    if reader is None:
+    if source.suffix.lower() not in _READERS:
         raise RunError(f"unsupported data file {path}: expected {FORMATS}")
-    return reader(source, column)
+    return source
 
 
 def is_dataset_dir(path: Path) -> bool:
@@ -142,9 +153,6 @@ def _arrow(file: Path, column: str) -> Iterator[str]:
 
 
 def _dataset_dir(directory: Path, column: str) -> Iterator[str]:
-    if not is_dataset_dir(directory):
-        raise RunError(f"--data {directory} is a directory but not a saved Hugging Face dataset "
-                       f"(no {' or '.join(_DATASET_MARKERS)})")
     datasets = _require("datasets", directory)
     try:
         data = datasets.load_from_disk(str(directory))

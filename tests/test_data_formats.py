@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ppc
 from ppc.exec import launch
 from ppc.exec.data import ByteTokenizer, load_data, load_text
 
@@ -159,3 +160,25 @@ def test_without_the_optional_package_the_run_says_what_to_install(kind, module,
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines == [f"ppc: reading --data {path} needs the {module} package: pip install 'ppc-pipeline[data]'"]
+
+
+@pytest.mark.slow  # 2 gloo ranks, 2 steps, then the single-process loop (13-22 s on our loaded box)
+def test_run_on_parquet_equals_reference_and_tokenizes_once(tmp_path):
+    """The launcher tokenizes the parquet file once; both ranks and then `--reference` map
+    the cached tokens; the pipeline's losses are the single-process loop's."""
+    from pydoc_data.topics import topics
+
+    data, cache = tmp_path / "docs.parquet", tmp_path / "cache"
+    pq.write_table(pa.table({"text": [topics[key] for key in sorted(topics)][:20]}), data)
+    flags = ["-v", *RUN, "--lr", "1e-3", "--data", str(data), "--data-cache", str(cache)]
+    pipe = ppc(*flags, "--metrics", str(tmp_path / "p.jsonl"))
+    assert pipe.returncode == 0, pipe.stderr[-2000:]
+    assert pipe.stderr.count("data: tokenized once into") == 1  # the launcher's preflight
+    assert pipe.stderr.count("data: cached tokens from") == 2  # rank 0, rank 1
+    ref = ppc(*flags, "--reference", "--metrics", str(tmp_path / "r.jsonl"))
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    assert "tokenized once" not in ref.stderr and "data: cached tokens from" in ref.stderr
+    p = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    r = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in p] == [1, 2]
+    assert [x["loss"] for x in p] == pytest.approx([x["loss"] for x in r], rel=1e-5)
