@@ -49,7 +49,12 @@ class RunConfig:
     """Max global gradient norm; None or 0 disables clipping."""
     seed: int = 0
     data: str | None = None
-    """.txt or .jsonl file; None = the embedded Python documentation corpus."""
+    """.txt, .jsonl, .parquet or .arrow file, or a Hugging Face datasets directory
+    (exec/data_sources.py); None = the embedded Python documentation corpus."""
+    data_column: str = "text"
+    """The field (.jsonl) or column (.parquet, .arrow, datasets) that holds the text."""
+    data_cache: str | None = None
+    """Folder of the token cache (exec/token_cache.py); None: $PPC_CACHE, else ~/.cache/ppc."""
     tokenizer: str | None = None
     """Local Hugging Face tokenizer directory; None = bytes (vocab 256)."""
     device: str = "cpu"

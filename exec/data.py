@@ -15,28 +15,38 @@ single-process twin (`--reference --dp D`) runs the D x M microbatches in that s
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+from ppc.exec.data_sources import DEFAULT_COLUMN, check_source, documents
+from ppc.exec.token_cache import cache_file, load_or_tokenize, tokenize
 
 from ppc.errors import RunError
-from ppc.inputs import decode
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ByteTokenizer", "PackedData", "load_data", "load_text", "load_tokenizer"]
+__all__ = ["ByteTokenizer", "PackedData", "load_data", "load_text", "load_tokenizer", "load_tokens"]
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".onnx")
+"""Files of a model directory that do not change its tokenizer (left out of its cache key)."""
 
 
 class ByteTokenizer:
     """UTF-8 bytes as tokens: vocabulary 256, nothing to download."""
 
     vocab_size = 256
+    cache_key = "bytes"
+    """What names this tokenizer in the token cache's key (exec/token_cache.py)."""
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        return [np.frombuffer(text.encode("utf-8"), dtype=np.uint8) for text in texts]
 
     def decode(self, ids: list[int]) -> str:
         return bytes(ids).decode("utf-8", errors="replace")
@@ -50,14 +60,31 @@ class _HFTokenizer:
 
         self._tok = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         self.vocab_size = len(self._tok)
+        self.cache_key = _directory_key(directory, kind=type(self._tok).__name__)
 
     def encode(self, text: str) -> list[int]:
-        ids = self._tok.encode(text, add_special_tokens=False)
+        return self.encode_batch([text])[0]
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Each text's ids and the end-of-text id (one call: a fast tokenizer runs the batch
+        on its own threads)."""
         eos = self._tok.eos_token_id
-        return ids + ([eos] if eos is not None else [])
+        tail = [eos] if eos is not None else []
+        return [ids + tail for ids in self._tok(texts, add_special_tokens=False)["input_ids"]]
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids)
+
+
+def _directory_key(directory: str, *, kind: str) -> dict:
+    """A tokenizer directory's identity: its path, its files' sizes and mtimes (weights left
+    out), the tokenizer class and the transformers version."""
+    import transformers
+
+    root = Path(directory).resolve()
+    files = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(root.iterdir())
+             if p.is_file() and p.suffix not in WEIGHT_SUFFIXES]
+    return {"dir": str(root), "files": files, "class": kind, "transformers": transformers.__version__}
 
 
 def load_tokenizer(directory: str | None):
@@ -72,45 +99,10 @@ def load_tokenizer(directory: str | None):
         raise RunError(f"cannot load tokenizer from {directory}: {error}") from error
 
 
-def load_text(path: str | None) -> list[str]:
-    """Documents from a .txt file (one document), a .jsonl file ("text" field), or the
-    embedded Python reference documentation when `path` is None."""
-    if path is None:
-        from pydoc_data.topics import topics
-
-        return [topics[key] for key in sorted(topics)]
-    file = Path(path)
-    if not file.is_file():
-        raise RunError(f"data file not found: {path}")
-    if file.suffix == ".jsonl":
-        return _read_jsonl(file)
-    if file.suffix == ".txt":
-        return [_read(file)]
-    raise RunError(f"unsupported data file {path}: expected .txt or .jsonl")
-
-
-def _read(file: Path) -> str:
-    """The UTF-8 text of a data file; a bad byte is one positioned RunError line."""
-    try:
-        data = file.read_bytes()
-    except OSError as error:
-        raise RunError(f"cannot read data file {file}: {error.strerror or error}") from None
-    return decode(data, str(file), error=RunError)
-
-
-def _read_jsonl(file: Path) -> list[str]:
-    docs = []
-    for number, line in enumerate(_read(file).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise RunError(f"{file}:{number}: not JSON: {error.msg}") from error
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise RunError(f'{file}:{number}: expected an object with a "text" string')
-        docs.append(record["text"])
-    return docs
+def load_text(path: str | None, *, column: str = DEFAULT_COLUMN) -> list[str]:
+    """Documents of `path` (exec/data_sources.py: .txt, .jsonl, .parquet, .arrow or a
+    datasets directory), or the embedded Python reference documentation when `path` is None."""
+    return list(documents(path, column=column))
 
 
 @dataclass(slots=True, kw_only=True)
@@ -118,7 +110,8 @@ class PackedData:
     """A token stream cut into sequences; batches are addressed by step."""
 
     tokens: torch.Tensor
-    """All tokens, int64, 1-D."""
+    """All tokens, 1-D: int32 (memory-mapped from the token cache) or int64; sequences come
+    out int64."""
     seq_len: int
     seed: int = 0
     _perms: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
@@ -135,7 +128,7 @@ class PackedData:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             perm = self._perms[epoch] = torch.randperm(self.num_sequences, generator=gen)
         start = int(perm[offset]) * self.seq_len
-        return self.tokens[start : start + self.seq_len]
+        return self.tokens[start : start + self.seq_len].long()
 
     def microbatches(
         self, step: int, *, microbatches: int, microbatch_size: int, replicas: int = 1, replica: int = 0
@@ -156,16 +149,31 @@ class PackedData:
         return out
 
 
+def load_tokens(
+    path: str | None, *, tokenizer, column: str = DEFAULT_COLUMN, cache_dir: str | Path | None = None,
+    cache: bool = True,
+) -> torch.Tensor:
+    """All tokens of `path`, 1-D int32. With `cache` (and a tokenizer that has a `cache_key`)
+    they come from the token cache (exec/token_cache.py), tokenized and written there on the
+    first call; the embedded corpus (`path` None) is tokenized in memory every time."""
+    key = getattr(tokenizer, "cache_key", None)
+    if path is None or not cache or key is None:
+        return torch.from_numpy(tokenize(documents(path, column=column), tokenizer, what=str(path)))
+    check_source(path)  # before its files are looked at for the cache key
+    file = cache_file(path, column=column, tokenizer_key=key, directory=cache_dir)
+    tokens = load_or_tokenize(file, lambda: tokenize(documents(path, column=column), tokenizer, what=path))
+    return torch.from_numpy(tokens)
+
+
 def load_data(
-    path: str | None, *, tokenizer, seq_len: int, seed: int = 0
+    path: str | None, *, tokenizer, seq_len: int, seed: int = 0, column: str = DEFAULT_COLUMN,
+    cache_dir: str | Path | None = None, cache: bool = True,
 ) -> PackedData:
-    """Tokenize the documents of `path` and pack them into sequences of `seq_len`."""
-    ids: list[int] = []
-    for doc in load_text(path):
-        ids.extend(tokenizer.encode(doc))
-    if len(ids) < seq_len:
+    """The tokens of `path` (`load_tokens`) packed into sequences of `seq_len`."""
+    tokens = load_tokens(path, tokenizer=tokenizer, column=column, cache_dir=cache_dir, cache=cache)
+    if tokens.numel() < seq_len:
         raise RunError(
-            f"data holds {len(ids):,} tokens, fewer than one sequence of --seq-len {seq_len}"
+            f"data holds {tokens.numel():,} tokens, fewer than one sequence of --seq-len {seq_len}"
         )
-    log.info("data: %s tokens, %s sequences of %s", len(ids), len(ids) // seq_len, seq_len)
-    return PackedData(tokens=torch.tensor(ids, dtype=torch.long), seq_len=seq_len, seed=seed)
+    log.info("data: %s tokens, %s sequences of %s", tokens.numel(), tokens.numel() // seq_len, seq_len)
+    return PackedData(tokens=tokens, seq_len=seq_len, seed=seed)

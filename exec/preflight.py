@@ -3,7 +3,8 @@
 A mistake found here is one RunError line (the CLI exits 2) within seconds, instead of
 every rank starting, failing alike and printing its own traceback. In order, cheapest
 first: the numbers (finite and in range), the device, the output paths (writable now,
-not after the last step), the data (readable, UTF-8, not empty), the model (sequence
+not after the last step), the data (readable, not empty; tokenized once into the
+token cache the ranks read), the model (sequence
 length, tokenizer vocabulary), the plan (the schedule expanded, lowered and verified for
 this model's split: the very plan every rank builds) and the world size, and last a
 resumed checkpoint (complete, readable, recorded settings equal to this run's).
@@ -115,22 +116,23 @@ def _writable_dir(flag: str, directory: Path, *, of: Path | None = None) -> None
 
 
 def check_data(config: RunConfig) -> None:
-    """--data readable, UTF-8, and (with byte tokens) at least one sequence long; --tokenizer
-    a directory."""
-    from ppc.exec.data import load_text
+    """--tokenizer a directory; --data readable (UTF-8 text, the column there), holding text
+    and at least one sequence. This tokenizes --data into the token cache, so the ranks
+    only map it (exec/token_cache.py)."""
+    from ppc.exec.data import load_tokenizer, load_tokens
 
     if config.tokenizer is not None and not Path(config.tokenizer).is_dir():
         raise RunError(f"tokenizer directory not found: {config.tokenizer}")
     if config.data is None:
         return
-    docs = load_text(config.data)
-    if not any(doc.strip() for doc in docs):
-        raise RunError(f"--data {config.data} holds no text")
-    if config.tokenizer is None:
-        tokens = sum(len(doc.encode("utf-8")) for doc in docs)
-        if tokens < config.seq_len:
-            raise RunError(f"--data {config.data} holds {tokens:,} byte tokens, fewer than one "
-                           f"sequence of --seq-len {config.seq_len}")
+    if config.data_cache:
+        _writable_dir("--data-cache", Path(config.data_cache))
+    tokens = load_tokens(config.data, tokenizer=load_tokenizer(config.tokenizer), column=config.data_column,
+                         cache_dir=config.data_cache).numel()
+    if tokens < config.seq_len:
+        kind = "byte tokens" if config.tokenizer is None else "tokens"
+        raise RunError(f"--data {config.data} holds {tokens:,} {kind}, fewer than one "
+                       f"sequence of --seq-len {config.seq_len}")
 
 
 def check_model(config: RunConfig) -> None:

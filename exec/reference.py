@@ -45,7 +45,8 @@ def train_reference(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_adamw(params, lr=config.lr, weight_decay=config.weight_decay)
     data = load_data(
-        config.data, tokenizer=load_tokenizer(config.tokenizer), seq_len=config.seq_len, seed=config.seed
+        config.data, tokenizer=load_tokenizer(config.tokenizer), seq_len=config.seq_len, seed=config.seed,
+        column=config.data_column, cache_dir=config.data_cache,
     )
     autocast = torch.bfloat16 if config.dtype == "bf16" and device.type == "cuda" else None
     writer = MetricsWriter(config.metrics) if config.metrics else None

@@ -96,7 +96,8 @@ def train_pipeline(
         replicas=config.dp,
     )
     data = load_data(
-        config.data, tokenizer=load_tokenizer(config.tokenizer), seq_len=config.seq_len, seed=config.seed
+        config.data, tokenizer=load_tokenizer(config.tokenizer), seq_len=config.seq_len, seed=config.seed,
+        column=config.data_column, cache_dir=config.data_cache,
     )
     meta = run_meta(config, program, split)
     start = 0

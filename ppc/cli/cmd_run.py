@@ -41,7 +41,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="how to cut the model into stages: balance estimated FLOPs (cost), blocks "
                    "(layers) or parameters (params), or give the blocks of each stage (3,2,2,1)")
     g = p.add_argument_group("data and batch")
-    g.add_argument("--data", help=".txt or .jsonl (\"text\" field); default: Python's docs")
+    g.add_argument("--data", help=".txt, .jsonl, .parquet, .arrow file or Hugging Face datasets "
+                   "directory (its \"train\" split); default: Python's docs")
+    g.add_argument("--data-column", default="text", metavar="NAME",
+                   help="the field (.jsonl) or column (.parquet, .arrow, datasets) holding the text")
+    g.add_argument("--data-cache", metavar="DIR",
+                   help="token cache folder (default: $PPC_CACHE, else ~/.cache/ppc)")
     g.add_argument("--tokenizer", help="local Hugging Face tokenizer directory (default: bytes)")
     g.add_argument("--seq-len", type=int, default=64, help="tokens per sequence")
     add_microbatches(g, default=8)
@@ -89,7 +94,8 @@ def _config(args):
         microbatches=args.microbatches,
         microbatch_size=args.microbatch_size, seq_len=args.seq_len, steps=args.steps, lr=args.lr,
         warmup=args.warmup, weight_decay=args.weight_decay, clip=args.clip or None, seed=args.seed,
-        data=args.data, tokenizer=args.tokenizer, device=device,
+        data=args.data, data_column=args.data_column, data_cache=args.data_cache,
+        tokenizer=args.tokenizer, device=device,
         dtype=args.dtype or ("bf16" if device == "cuda" else "fp32"), metrics=args.metrics,
         save=args.save, checkpoint_every=args.checkpoint_every, checkpoint_dir=args.checkpoint_dir,
         resume=args.resume, trace=args.trace, timeout=args.timeout,
