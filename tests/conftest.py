@@ -12,6 +12,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_token_cache(tmp_path_factory):
+    """Tokenized data is cached in $PPC_CACHE (exec/token_cache.py): the suite and the ranks
+    it starts use a cache of their own, never the user's ~/.cache/ppc."""
+    os.environ["PPC_CACHE"] = str(tmp_path_factory.mktemp("ppc-cache"))
+
 
 def ppc(*args: str, cwd: str | Path | None = None, env: dict[str, str] | None = None,
         timeout: float = 300) -> subprocess.CompletedProcess:
