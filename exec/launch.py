@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,7 +118,7 @@ def describe_failure(directory: Path, failures: list[Failure], watch=None) -> st
             return (3, changed[failure.rank])
         if error is not None:
             return (4, error[0])
-        return (5, 0.0)
+        return (5, 0.0) if failure.exitcode else (6, 0.0)  # 0: stopped by the agent, no word
 
     cause = min(failures, key=rank_key)
     if cause.rank in stopped:
@@ -165,7 +166,7 @@ def _quiet_elastic_loggers() -> None:
     repeat what ppc reports in one line. Its modules set each logger's level themselves, so
     every one of them is raised, not just the parent."""
     for name in list(logging.root.manager.loggerDict):
-        if name.startswith("torch.distributed.elastic"):
+        if name.startswith(("torch.distributed.elastic", "torch.multiprocessing")):
             logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
@@ -191,8 +192,61 @@ def _caller_name(depth: int = 2) -> str:
         return "no_method_name"
 
 
-def self_launch(argv: list[str], *, nproc: int, monitor_interval: float = 0.2) -> tuple[int, str]:
-    """Run `python -m ppc <argv>` on `nproc` local workers; (exit code, failure line or "")."""
+def _keep(work: Callable[[list[str]], int], argv: list[str]) -> int:
+    """A forked worker's keeper: runs `work(argv)` in a child and writes how it ended
+    (exit code, or minus the signal that killed it) to the status board's rank-R.exit.
+
+    torch's multiprocessing context reports only the first process that ended, and reaps
+    the rest unseen; the keeper lets the launcher name a rank killed by a signal while its
+    neighbours fail over the lost connection. The keeper dies with SIGTERM (the agent's
+    stop), and its worker with it (the worker's parent-death signal)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    from ppc.exec.signals import LAUNCHER_ENV
+
+    os.environ[LAUNCHER_ENV] = str(os.getpid())  # the worker's parent is this keeper
+    child = os.fork()
+    if child == 0:
+        code = 1
+        try:
+            code = work(argv)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    code = os.waitstatus_to_exitcode(status)
+    exit_file = Path(os.environ[STATUS_ENV]) / f"rank-{os.environ['RANK']}.exit"
+    exit_file.write_text(f"{code}\n")
+    if code:
+        os._exit(code if code > 0 else 1)
+    return 0
+
+
+def _failures(directory: Path, reported: dict[int, int], ranks: int) -> list[Failure]:
+    """Every rank with its exit code: from its keeper's rank-R.exit where there is one (a
+    forked run), else as the agent reported it; 0 for a rank the agent stopped (or that
+    was itself stopped, which the watch knows)."""
+    failures = []
+    for rank in range(ranks):
+        try:
+            code = int((directory / f"rank-{rank}.exit").read_text())
+        except (OSError, ValueError):
+            code = reported.get(rank, 0)
+        failures.append(Failure(rank=rank, exitcode=code))
+    return failures
+
+
+def self_launch(
+    argv: list[str], *, nproc: int, monitor_interval: float = 0.2, fork: Callable[[list[str]], int] | None = None
+) -> tuple[int, str]:
+    """Run `python -m ppc <argv>` on `nproc` local workers; (exit code, failure line or "").
+
+    With `fork`, each worker is forked from this process and runs `fork(argv)` instead: it
+    starts with everything the launcher has imported and built (torch, the model's code,
+    the traced plan), which a fresh interpreter spends seconds of CPU on per rank. Only for
+    CPU runs: a process that forks must not have touched CUDA, and NCCL runs keep spawning.
+    Each forked worker has a keeper (`_keep`) that records how it ended."""
     from ppc.exec.signals import LAUNCHER_ENV
     from ppc.exec.watch import WorkerWatch
     from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -212,17 +266,21 @@ def self_launch(argv: list[str], *, nproc: int, monitor_interval: float = 0.2) -
         rdzv_endpoint="localhost:0",
         max_restarts=0,
         monitor_interval=monitor_interval,
+        start_method="fork" if fork is not None else "spawn",
     )
     _quiet_elastic_loggers()
     _cheap_rendezvous_event_names()
     try:
         with WorkerWatch(Path(status_dir), nproc) as watch:
-            elastic_launch(config, sys.executable)("-u", "-m", "ppc", *argv)
+            if fork is not None:
+                elastic_launch(config, _keep)(fork, argv)
+            else:
+                elastic_launch(config, sys.executable)("-u", "-m", "ppc", *argv)
     except SignalException:  # SIGINT/SIGTERM/SIGHUP to the launcher: the agent stopped the workers
         raise KeyboardInterrupt from None
     except ChildFailedError as error:
-        failures = [Failure(rank=r, exitcode=f.exitcode) for r, f in error.failures.items()]
-        codes = {f.exitcode for f in failures}
+        failures = _failures(Path(status_dir), {r: f.exitcode for r, f in error.failures.items()}, nproc)
+        codes = {f.exitcode for f in failures if f.exitcode}
         code = 2 if codes == {2} else 1
         return code, describe_failure(Path(status_dir), failures, watch)
     finally:

@@ -83,11 +83,19 @@ class WorkerWatch:
 
 
 def _is_stopped_child(pid: int) -> bool:
-    """Whether `pid` is this process's child and stopped (state T or t in /proc)."""
+    """Whether `pid` is this process's child or grandchild (a forked worker under its
+    keeper, exec/launch.py) and stopped (state T or t in /proc)."""
+    state, parent = _state_and_parent(pid)
+    if state not in ("T", "t"):
+        return False
+    return parent == os.getpid() or _state_and_parent(parent)[1] == os.getpid()
+
+
+def _state_and_parent(pid: int) -> tuple[str, int]:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
+        return "", -1
     # pid (comm) state ppid ...; comm may hold spaces and parentheses
     fields = stat[stat.rfind(")") + 2:].split()
-    return len(fields) >= 2 and fields[0] in ("T", "t") and int(fields[1]) == os.getpid()
+    return (fields[0], int(fields[1])) if len(fields) >= 2 else ("", -1)

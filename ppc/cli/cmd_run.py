@@ -136,7 +136,8 @@ def run(args) -> int:
         return _run_worker(config, args)
     nproc = args.nproc_per_node or config.dp * config.ranks
     _check_inputs(config, world=nproc)
-    code, message = launch.self_launch(_argv(args), nproc=nproc)
+    fork = _forked_worker if config.device == "cpu" else None
+    code, message = launch.self_launch(_argv(args), nproc=nproc, fork=fork)
     if code:
         print(f"ppc: run failed: {message}", file=sys.stderr)
     return code
@@ -192,6 +193,19 @@ def _run_worker(config, args) -> int:
         if dist.is_initialized():
             dist.destroy_process_group()
     exit_worker(code)
+
+
+def _forked_worker(argv: list[str]) -> int:
+    """A worker forked from the launcher (exec/launch.py self_launch): the CLI once more,
+    in a process that already holds torch, the model's code and the preflight's plan.
+    It never returns (the worker ends with os._exit); returns the exit code otherwise."""
+    from ppc.cli import main
+
+    try:
+        main(argv)
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else 1
+    return 0
 
 
 def _run_reference(config, args) -> int:
