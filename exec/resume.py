@@ -108,9 +108,9 @@ def mismatch(saved: dict, current: dict, *, where: str) -> str | None:
             flag = FLAGS.get(key, key)
             return (f"{where} was written with {key}={saved[key]!r}, this run has {value!r}: "
                     f"resume with the same {flag} (or start a new run)")
-    step, position = saved.get("step"), saved.get("data_position")
-    if step is not None and position is not None and position != step * current["sequences_per_step"]:
-        return f"{where} is at data position {position}, not step {step} x {current['sequences_per_step']} sequences"
+    step, position, per_step = saved.get("step"), saved.get("data_position"), current.get("sequences_per_step")
+    if None not in (step, position, per_step) and position != step * per_step:
+        return f"{where} is at data position {position}, not step {step} x {per_step} sequences"
     return None
 
 
