@@ -157,9 +157,7 @@ RESUMES = [
     # checkpoint zb_h1 wrote after step 2 of 4 on 4 even stages
     ("toy", "zb_h1", 1, None),
     ("toy", "1f1b", 1, (3, 2, 2, 1)),
-    ("toy", "gpipe", 1, (1, 3, 3, 1)),
     ("toy", "interleaved_1f1b", 2, None),
-    ("tiny-llama-tied", "zb_h1", 1, None),
     ("tiny-llama-tied", "gpipe", 1, (3, 2, 2, 1)),
 ]
 """Another schedule, split and stage count resume the same files: weights and AdamW state
