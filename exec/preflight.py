@@ -7,7 +7,8 @@ not after the last step), the data (readable, not empty; tokenized once into the
 token cache the ranks read), the model (sequence
 length, tokenizer vocabulary), the plan (the schedule expanded, lowered and verified for
 this model's split: the very plan every rank builds) and the world size, and last a
-resumed checkpoint (complete, readable, recorded settings equal to this run's).
+resumed checkpoint (complete, intact, every parameter there, recorded trajectory equal
+to this run's).
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ import logging
 import math
 import os
 import tempfile
-import zipfile
 from pathlib import Path
 
 from ppc.exec.config import RunConfig
-from ppc.exec.resume import META_FILE, mismatch, run_meta
+from ppc.exec.resume import mismatch, missing_weights, read_record, resolve, run_meta, tensor_index
 
 from ppc.errors import RunError
 
@@ -88,6 +88,9 @@ def check_outputs(config: RunConfig) -> None:
     if config.save:
         _writable_dir("--save", Path(config.save))
     if config.checkpoint_every:
+        from ppc.exec.checkpoint import require_storage
+
+        require_storage()
         _writable_dir("--checkpoint-dir", Path(config.checkpoint_dir or "checkpoints"))
     for flag, name in (("--metrics", config.metrics), ("--trace", config.trace)):
         if name:
@@ -171,36 +174,29 @@ def _plan(config: RunConfig, *, world: int):
 
 
 def check_resume(config: RunConfig, plan) -> None:
-    """--resume names a complete checkpoint whose recorded settings are this run's."""
-    from ppc.exec.checkpoint import read_state, resolve
+    """--resume names a complete checkpoint (meta.json, intact safetensors files holding
+    every parameter of this model in its shape) whose recorded trajectory is this run's;
+    its schedule, ranks and split may differ. Reads JSON headers only."""
+    from ppc.exec.checkpoint import require_storage
 
+    require_storage()
     root = Path(config.resume)
     if not root.is_dir():
         raise RunError(f"checkpoint directory not found: {config.resume}")
     step_dir = resolve(config.resume)
-    for rank in range(plan.program.ranks):
-        path = step_dir / f"rank-{rank}.pt"
-        if not path.is_file():
-            raise RunError(f"checkpoint {path} is missing (the checkpoint is incomplete)")
-        if not zipfile.is_zipfile(path):
-            raise RunError(f"checkpoint {path} is truncated or not a ppc checkpoint (not a torch zip file)")
-    meta_path = step_dir / META_FILE
-    if meta_path.is_file():
-        saved = _read_meta(meta_path)
-    else:  # written before meta.json existed: the record inside rank 0's file
-        state = read_state(step_dir / "rank-0.pt", mmap=True)
-        saved = {**state["meta"], "step": state["step"], "data_position": state["data_position"]}
+    saved = read_record(step_dir)
     current = run_meta(config, plan.program, plan.split)
-    problem = mismatch(saved, current, where=f"checkpoint {step_dir}")
+    where = f"checkpoint {step_dir}"
+    problem = mismatch(saved, current, where=where) or missing_weights(tensor_index(step_dir), _shapes(plan),
+                                                                       where=where)
     if problem:
         raise RunError(problem)
 
 
-def _read_meta(path: Path) -> dict:
-    from ppc.inputs import read_json
-
-    saved = read_json(path, error=RunError, what="checkpoint record")
-    if not isinstance(saved, dict):
-        raise RunError(f"{path}: not a checkpoint record (expected a JSON object)")
-    return saved
-
+def _shapes(plan) -> dict[str, tuple[int, ...]]:
+    """Full name -> shape of every parameter of the plan's stages (modules on meta)."""
+    shapes = {}
+    for stage in plan.split.stages:
+        for local, param in stage.module.named_parameters():
+            shapes[stage.param_names.get(local, local)] = tuple(param.shape)
+    return shapes

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-from ppc.exec.checkpoint import load_rank_state, save_merged, save_rank_state
+from ppc.exec.checkpoint import full_names, load_resumable, save_merged, save_resumable
 from ppc.exec.config import RunConfig
 from ppc.exec.data import load_data, load_tokenizer
 from ppc.exec.dp import GradReducer
@@ -100,9 +100,10 @@ def train_pipeline(
         column=config.data_column, cache_dir=config.data_cache,
     )
     meta = run_meta(config, program, split)
+    named = full_names(modules, split.stages)  # after TiedReducer: a tied weight is one parameter
     start = 0
     if config.resume:
-        start = load_rank_state(config.resume, rank=rank, modules=modules, optimizer=optimizer, meta=meta)
+        start = load_resumable(config.resume, params=named, optimizer=optimizer, meta=meta, group=pp_group)
     norm_box: list[float] = [0.0]
 
     def on_reduce_tied(ins) -> None:
@@ -173,20 +174,15 @@ def train_pipeline(
             if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
                 if zero:
                     optimizer.consolidate_state_dict(to=0)  # on replica 0 (collective over dp)
-                if mesh.replica == 0:  # one file per stage: replicas hold equal state
-                    save_rank_state(
-                        config.checkpoint_dir or "checkpoints", step=step + 1, rank=rank, modules=modules,
+                if mesh.replica == 0:  # replicas hold equal state
+                    save_resumable(
+                        config.checkpoint_dir or "checkpoints", step=step + 1, rank=rank, params=named,
                         optimizer=optimizer, meta=meta, group=pp_group,
                     )
     finally:
         if writer is not None:
             writer.close()
     if config.save and mesh.replica == 0:
-        named = {
-            split.stages[s].param_names.get(local, local): p
-            for s in mine
-            for local, p in modules[s].named_parameters()
-        }
         save_merged(config.save, model=plan.model, rank=rank, named=named, group=pp_group,
                     tokenizer=config.tokenizer)
     return result

@@ -2,8 +2,9 @@
 
 One launch of 4 ranks trains every mesh shape in turn (PP2 x DP2, PP1 x DP4, PP4 x DP1) with
 1f1b, zb_h1 and interleaved_1f1b, with and without ZeRO-1, then a PP2 x DP2 run that is
-checkpointed and resumed. The toy model (a tied embedding across the first and last stage,
-a skip value to a non-adjacent stage) needs two stages at least, so the one-stage
+checkpointed and resumed (as it was, with the other --zero, and under interleaved_1f1b
+V=2). The toy model (a tied embedding across the first and last stage, a skip value to a
+non-adjacent stage) needs two stages at least, so the one-stage
 PP1 x DP4 cases with 1f1b and zb_h1 train tiny-llama, split by the real frontend. Every
 case's losses, grad norms and final weights must match `train_reference` on the same
 global batch (D x M microbatches), and every replica must end with the same weights.
@@ -128,8 +129,11 @@ def _resume_case(zero: int, rank: int, out: Path) -> None:
     # the other optimizer layout resumes from the same files
     other = dataclasses.replace(case, zero=1 - zero)
     third = _train(other, dataclasses.replace(resumed, zero=1 - zero), mesh)
+    # another schedule and split (interleaved_1f1b: 4 stages of 2 blocks, V=2) too
+    relaid = dataclasses.replace(case, schedule="interleaved_1f1b", virtual=2)
+    fourth = _train(relaid, dataclasses.replace(resumed, schedule=relaid.schedule, virtual=2), mesh)
     torch.save({"full": first["history"], "resumed": second["history"], "switched": third["history"],
-                "files": sorted(p.name for p in (ckpt / "step-000002").iterdir())},
+                "relaid": fourth["history"], "files": sorted(p.name for p in (ckpt / "step-000002").iterdir())},
                out / f"resume-zero{zero}-{rank}.pt")
     dist.barrier()
 
@@ -163,7 +167,7 @@ def _load(tmp: Path, case: Case) -> list[dict]:
     return [torch.load(tmp / f"{case.name}-{g}.pt", weights_only=False) for g in range(WORLD)]
 
 
-@pytest.mark.slow  # 4 gloo ranks train 14 configurations, then 2 x 3 resume runs
+@pytest.mark.slow  # 4 gloo ranks train 14 configurations, then 2 x 4 resume runs
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_pp_x_dp_equals_single_process_twin(case, dp_runs):
     parts = _load(dp_runs, case)
@@ -209,8 +213,11 @@ def test_pp2_x_dp2_resume_reproduces_losses(zero, dp_runs):
         assert [s for s, _, _ in part["resumed"]] == [3, 4]
         assert part["resumed"] == part["full"][2:]
         assert part["switched"] == part["full"][2:], "resuming with the other --zero changes nothing"
-    # one file per stage, written by replica 0
-    assert parts[0]["files"] == ["meta.json", "rank-0.pt", "rank-1.pt"]
+        assert [s for s, _, _ in part["relaid"]] == [3, 4]
+        assert [x for _, *x in part["relaid"]] == [pytest.approx(x, rel=1e-5) for _, *x in part["full"][2:]]
+    # one safetensors file per pipeline rank, written by replica 0
+    assert parts[0]["files"] == ["meta.json", "shard-00001-model-00001-of-00001.safetensors",
+                                 "shard-00002-model-00001-of-00001.safetensors"]
 
 
 # ----- CLI ------------------------------------------------------------------------------
@@ -290,19 +297,18 @@ def test_cli_world_must_be_dp_times_ranks(capsys):
 
 
 def test_resume_with_another_dp_is_refused(tmp_path):
-    from ppc.exec.checkpoint import load_rank_state
+    from ppc.exec.checkpoint import load_resumable
+    from ppc.exec.resume import FORMAT
 
     from ppc.errors import RunError
 
     meta = {"schedule": "1f1b", "ranks": 2, "stages": 2, "placement": [0, 1], "model": "toy", "microbatches": 4}
     step = tmp_path / "step-000002"
     step.mkdir()
-    torch.save({"step": 2, "stages": {}, "optimizer": {}, "rng": torch.get_rng_state(), "meta": {**meta, "dp": 2}},
-               step / "rank-0.pt")
+    (step / "meta.json").write_text(json.dumps({"format": FORMAT, **meta, "dp": 2, "step": 2}))
     with pytest.raises(RunError, match="written with dp=2, this run has 1"):
-        load_rank_state(str(step), rank=0, modules={}, optimizer=None, meta={**meta, "dp": 1})
+        load_resumable(str(step), params={}, optimizer=None, meta={**meta, "dp": 1})
     # a checkpoint that does not record dp cannot be proven to match (exec/resume.py)
-    torch.save({"step": 2, "stages": {}, "optimizer": {}, "rng": torch.get_rng_state(), "meta": meta},
-               step / "rank-0.pt")
+    (step / "meta.json").write_text(json.dumps({"format": FORMAT, **meta, "step": 2}))
     with pytest.raises(RunError, match="does not record dp"):
-        load_rank_state(str(step), rank=0, modules={}, optimizer=None, meta={**meta, "dp": 2})
+        load_resumable(str(step), params={}, optimizer=None, meta={**meta, "dp": 2})

@@ -152,24 +152,78 @@ def _run_case(model: str, case: str, spec: str, virtual: int, rank: int, tmp: Pa
     dist.barrier()
 
 
+RESUMES = [
+    # (model, schedule, V, blocks per stage (None: even / the cost split)) resuming the
+    # checkpoint zb_h1 wrote after step 2 of 4 on 4 even stages
+    ("toy", "zb_h1", 1, None),
+    ("toy", "1f1b", 1, (3, 2, 2, 1)),
+    ("toy", "interleaved_1f1b", 2, None),
+    ("tiny-llama-tied", "gpipe", 1, (3, 2, 2, 1)),
+]
+"""Another schedule, split and stage count resume the same files: weights and AdamW state
+are keyed by full parameter names; the tied embedding lives on the first and last stage."""
+
+
+def _resume_plan(model: str, schedule: str, virtual: int, sizes):
+    config = dataclasses.replace(CONFIG if model == "toy" else LLAMA, model=model, steps=4, schedule=schedule,
+                                 virtual=virtual, split=",".join(map(str, sizes)) if sizes else "cost")
+    if model != "toy":
+        return config, build_plan(config)
+    order = load_schedule(schedule).expand(ranks=WORLD, microbatches=CONFIG.microbatches, virtual=virtual)
+    return config, toy_plan(order, seed=CONFIG.seed, microbatch_size=CONFIG.microbatch_size,
+                            seq_len=CONFIG.seq_len, sizes=sizes)
+
+
+def _final_weights(result, plan) -> dict[str, torch.Tensor]:
+    return {plan.split.stages[s].param_names.get(n, n): p.detach().clone()
+            for s, m in result.modules.items() for n, p in m.named_parameters()}
+
+
 def _resume_case(tmp: Path) -> None:
-    """zb_h1 for 4 steps with a checkpoint after 2, then a second run resumed from it."""
-    order = load_schedule("zb_h1").expand(ranks=WORLD, microbatches=CONFIG.microbatches)
-    plan = toy_plan(order, seed=CONFIG.seed, microbatch_size=CONFIG.microbatch_size, seq_len=CONFIG.seq_len)
-    full = dataclasses.replace(CONFIG, steps=4, checkpoint_every=2, checkpoint_dir=str(tmp / "ckpt"))
-    first = train_pipeline(full, plan, device=torch.device("cpu"))
-    resumed_cfg = dataclasses.replace(full, checkpoint_every=0, resume=str(tmp / "ckpt" / "step-000002"))
-    second = train_pipeline(resumed_cfg, plan, device=torch.device("cpu"))
-    if first.history:
-        torch.save({"full": [r.loss for r in first.history], "resumed": [(r.step, r.loss) for r in second.history]},
-                   tmp / "resume.pt")
-    dist.barrier()
+    """Per model: zb_h1 for 4 steps with a checkpoint after 2, then a run resumed from it
+    under each layout of RESUMES."""
+    for model in dict.fromkeys(m for m, *_ in RESUMES):
+        ckpt = tmp / f"ckpt-{model}"
+        config, plan = _resume_plan(model, "zb_h1", 1, None)
+        full = dataclasses.replace(config, checkpoint_every=2, checkpoint_dir=str(ckpt))
+        first = train_pipeline(full, plan, device=torch.device("cpu"))
+        record = {"full": [r.loss for r in first.history], "full_weights": _final_weights(first, plan)}
+        for case in (c for c in RESUMES if c[0] == model):
+            config, plan = _resume_plan(*case)
+            resumed = dataclasses.replace(config, resume=str(ckpt / "step-000002"))
+            second = train_pipeline(resumed, plan, device=torch.device("cpu"))
+            record[case] = ([(r.step, r.loss) for r in second.history], _final_weights(second, plan))
+        torch.save(record, tmp / f"resume-{model}-{dist.get_rank()}.pt")
+        dist.barrier()
 
 
-def test_resume_reproduces_losses(pipeline_runs):
-    record = torch.load(pipeline_runs["_tmp"] / "resume.pt")
-    assert [step for step, _ in record["resumed"]] == [3, 4]
-    assert [loss for _, loss in record["resumed"]] == record["full"][2:]
+def _resumed(tmp: Path, model: str) -> dict:
+    """Every rank's record merged: the loss rank's losses, every rank's final weights."""
+    merged: dict = {"full": [], "full_weights": {}}
+    for rank in range(WORLD):
+        part = torch.load(tmp / f"resume-{model}-{rank}.pt")
+        merged["full"] = merged["full"] or part["full"]
+        merged["full_weights"].update(part["full_weights"])
+        for case in (c for c in RESUMES if c[0] == model):
+            losses, weights = merged.get(case, ([], {}))
+            merged[case] = (losses or part[case][0], {**weights, **part[case][1]})
+    return merged
+
+
+@pytest.mark.parametrize("case", RESUMES, ids=["-".join(map(str, c)) for c in RESUMES])
+def test_resume_reproduces_losses(case, pipeline_runs):
+    record = _resumed(pipeline_runs["_tmp"], case[0])
+    losses, weights = record[case]
+    assert [step for step, _ in losses] == [3, 4]
+    assert set(weights) == set(record["full_weights"])
+    if case[1:] == ("zb_h1", 1, None):  # the layout that wrote it: bitwise
+        assert [loss for _, loss in losses] == record["full"][2:]
+        assert all(torch.equal(weights[n], w) for n, w in record["full_weights"].items())
+        return
+    # another schedule sums the microbatches' gradients in another order
+    assert [loss for _, loss in losses] == pytest.approx(record["full"][2:], rel=1e-5)
+    for name, ref in record["full_weights"].items():
+        torch.testing.assert_close(weights[name], ref, rtol=1e-5, atol=1e-6, msg=name)
 
 
 @pytest.fixture(scope="module")

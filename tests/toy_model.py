@@ -103,8 +103,11 @@ class ToySplit:
     loss_name: str = "loss"
 
 
-def toy_split(stages: int, *, microbatch_size: int, seq_len: int) -> ToySplit:
-    per = BLOCKS // stages
+def toy_split(stages: int, *, microbatch_size: int, seq_len: int, sizes: tuple[int, ...] | None = None) -> ToySplit:
+    """`sizes`: blocks per stage (default: BLOCKS // stages each)."""
+    sizes = sizes or (BLOCKS // stages,) * stages
+    assert len(sizes) == stages, (sizes, stages)
+    starts = [sum(sizes[:s]) for s in range(stages)]
     spec = TensorSpec(name="", shape=(microbatch_size, seq_len, DIM), dtype="float32",
                       bytes=microbatch_size * seq_len * DIM * 4)
 
@@ -120,7 +123,7 @@ def toy_split(stages: int, *, microbatch_size: int, seq_len: int) -> ToySplit:
                for s in range(stages - 1)]
     metas = []
     for s in range(stages):
-        blocks = range(s * per, (s + 1) * per)
+        blocks = range(starts[s], starts[s] + sizes[s])
         inputs = ("input_ids",) if s == 0 else (f"h{s - 1}",)
         if s == stages - 1:
             inputs = inputs + ("emb", "labels")
@@ -137,12 +140,12 @@ def toy_split(stages: int, *, microbatch_size: int, seq_len: int) -> ToySplit:
     return ToySplit(graph=graph, stages=tuple(metas))
 
 
-def toy_plan(order, *, seed: int, microbatch_size: int, seq_len: int):
+def toy_plan(order, *, seed: int, microbatch_size: int, seq_len: int, sizes: tuple[int, ...] | None = None):
     from ppc.exec.plan import Plan
 
     from ppc.compiler.lower import lower
 
-    split = toy_split(order.stages, microbatch_size=microbatch_size, seq_len=seq_len)
+    split = toy_split(order.stages, microbatch_size=microbatch_size, seq_len=seq_len, sizes=sizes)
     program = lower(order, split.graph)
 
     def materialize(stage, device):
