@@ -41,14 +41,19 @@ def timed(command: list[str]) -> list[float]:
     return [*times, time.perf_counter() - began]
 
 
+def commands_for(steps: int) -> dict[str, list[str]]:
+    """The two commands, each training `steps` steps."""
+    warm = ["--warmup", "1"] if steps > 1 else ["--warmup", "0"]
+    return {"ppc run": [*PPC, "--steps", str(steps), *warm],
+            "torch.distributed.pipelining": [*TORCH, "--steps", str(steps)]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args()
-    warm = ["--warmup", "1"] if args.steps > 1 else ["--warmup", "0"]
-    commands = {"ppc run": [*PPC, "--steps", str(args.steps), *warm],
-                "torch.distributed.pipelining": [*TORCH, "--steps", str(args.steps)]}
+    commands = commands_for(args.steps)
     results: dict[str, list[list[float]]] = {name: [] for name in commands}
     for run in range(args.runs):
         for name, command in commands.items():
