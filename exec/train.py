@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+from ppc.exec.api import Pipeline
 from ppc.exec.checkpoint import full_names, load_resumable, save_merged, save_resumable
 from ppc.exec.config import RunConfig
 from ppc.exec.data import load_data, load_tokenizer
-from ppc.exec.dp import GradReducer
 from ppc.exec.mesh import PipelineMesh, build_mesh
 from ppc.exec.metrics import MetricsWriter, StepMetrics
 from ppc.exec.nonfinite import check_grad_norm, check_loss
@@ -26,8 +26,6 @@ from ppc.exec.optim import lr_at, make_adamw
 from ppc.exec.plan import Plan
 from ppc.exec.resume import run_meta
 from ppc.exec.runtime import RankRuntime
-from ppc.exec.stepping import optimizer_step
-from ppc.exec.tied import TiedReducer
 
 from ppc.errors import RunError
 
@@ -80,60 +78,29 @@ def train_pipeline(
     modules = {s: plan.materialize(s, device) for s in mine}
     for module in modules.values():
         module.train()
-    tied = TiedReducer(
-        graph=split.graph, stages=split.stages, placement=program.placement, rank=rank, modules=modules,
-        mesh=mesh,
-    )
-    # dict.fromkeys: a tied weight shared by two local stages is one parameter
-    params = list(dict.fromkeys(p for s in mine for p in modules[s].parameters() if p.requires_grad))
     zero = config.zero >= 1 and config.dp > 1
-    optimizer = make_adamw(params, lr=config.lr, weight_decay=config.weight_decay,
-                           zero_group=mesh.dp_group if zero else None)
-    grads = GradReducer(
-        params={s: [p for p in modules[s].parameters() if p.requires_grad] for s in mine},
-        order=[ins.stage for ins in program.instructions[rank] if ins.op.name == "REDUCE_GRAD"],
-        group=mesh.dp_group,
-        replicas=config.dp,
+
+    def check(norm: float, counted, step: int) -> None:
+        check_grad_norm(norm, step=step, params=counted, rank=rank, ranks=program.ranks, group=pp_group,
+                        device=device)
+
+    pipe = Pipeline.from_stages(
+        program=program, split=split, mesh=mesh, modules=modules, clip=config.clip, device=device,
+        optimizer=lambda params: make_adamw(params, lr=config.lr, weight_decay=config.weight_decay,
+                                            zero_group=mesh.dp_group if zero else None),
+        autocast_dtype=autocast_dtype(config, device), observer=observer, trace=config.trace is not None,
+        check_norm=None if config.allow_nonfinite else check,
     )
+    optimizer, runtime = pipe.optimizer, pipe.runtime
     data = load_data(
         config.data, tokenizer=load_tokenizer(config.tokenizer), seq_len=config.seq_len, seed=config.seed,
         column=config.data_column, cache_dir=config.data_cache,
     )
     meta = run_meta(config, program, split)
-    named = full_names(modules, split.stages)  # after TiedReducer: a tied weight is one parameter
-    start = 0
+    named = full_names(modules, split.stages)  # after Pipeline tied the weights: one parameter each
     if config.resume:
-        start = load_resumable(config.resume, params=named, optimizer=optimizer, meta=meta, group=pp_group)
-    norm_box: list[float] = [0.0]
-
-    def on_reduce_tied(ins) -> None:
-        names = {t.name for t in ins.tensors} or None
-        grads.wait(tied.params(names))  # a tied weight's dp average lands before the pp sum
-        tied.reduce(names)
-
-    def on_step() -> None:
-        def check(norm: float, counted) -> None:
-            check_grad_norm(norm, step=step, params=counted, rank=rank, ranks=program.ranks,
-                            group=pp_group, device=device)
-
-        norm_box[0] = optimizer_step(params=params, tied=tied, optimizer=optimizer, clip=config.clip,
-                                     group=pp_group, device=device, reductions=grads,
-                                     check=None if config.allow_nonfinite else check)
-
-    runtime = RankRuntime(
-        program=program,
-        split=split,
-        rank=rank,
-        modules=modules,
-        device=device,
-        autocast_dtype=autocast_dtype(config, device),
-        on_reduce_tied=on_reduce_tied,
-        on_reduce_grad=lambda ins: grads.start(ins.stage),
-        on_step=on_step,
-        observer=observer,
-        trace=config.trace is not None,
-        group=pp_group,
-    )
+        pipe.steps = load_resumable(config.resume, params=named, optimizer=optimizer, meta=meta, group=pp_group)
+    start = pipe.steps
     loss_rank = program.placement[program.stages - 1]
     reports = rank == loss_rank and mesh.replica == 0
     writer = None
@@ -151,7 +118,7 @@ def train_pipeline(
             )
             _sync(device)
             began = time.perf_counter()
-            losses = runtime.run_step(step, batch)
+            losses = pipe.step_microbatches(batch)
             _sync(device)
             elapsed = time.perf_counter() - began
             if rank == loss_rank and not config.allow_nonfinite:
@@ -164,7 +131,7 @@ def train_pipeline(
                     lr=lr,
                     step_time_s=elapsed,
                     tokens_per_s=config.tokens_per_step / elapsed,
-                    grad_norm=norm_box[0],
+                    grad_norm=pipe.grad_norm,
                 )
                 result.history.append(record)
                 if writer is not None:

@@ -6,10 +6,12 @@ Tests that launch ranks, train, run torchrun or a profile run are marked `slow`;
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,27 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def gloo_rank(rank: int, world: int, port: int) -> Iterator[None]:
+    """One gloo rank of an mp.spawn worker: joins the group; once the body is done, every
+    rank meets at a barrier, destroys the group and leaves the way `ppc run`'s workers do
+    (exec/signals.exit_worker), without interpreter finalization, where torch's gloo
+    teardown now and then aborts a rank that did all its work (SIGABRT). A body that
+    raises leaves normally, so that mp.spawn reports the error."""
+    import torch.distributed as dist
+    from ppc.exec.signals import exit_worker
+
+    init_gloo(rank, world, port)
+    try:
+        yield
+    except BaseException:
+        dist.destroy_process_group()
+        raise
+    dist.barrier()
+    dist.destroy_process_group()
+    exit_worker(0)
 
 
 def init_gloo(rank: int, world: int, port: int) -> None:

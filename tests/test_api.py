@@ -1,14 +1,15 @@
-"""`ppc.Pipeline`: a plain MLP pipelined over 2 gloo ranks inside the user's own loop
-trains exactly as the same loop in one process."""
+"""`ppc.Pipeline`: a plain MLP pipelined over 2 gloo ranks (and 2 x 2 with data
+parallelism) inside the user's own loop trains exactly as the same loop in one process."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import free_port, init_gloo
+from conftest import free_port, gloo_rank
 from torch import nn
 
 STEPS, BATCH, MICROBATCHES = 4, 16, 4
@@ -32,21 +33,21 @@ def _batches():
     return [(torch.randn(BATCH, 8, generator=gen), torch.randn(BATCH, 1, generator=gen)) for _ in range(STEPS)]
 
 
-def _worker(rank: int, port: int, out: str, schedule: str) -> None:
+def _worker(rank: int, port: int, out: str, schedule: str, replicas: int) -> None:
     import ppc
 
-    init_gloo(rank, 2, port)
-    try:
+    with gloo_rank(rank, 2 * replicas, port):
+        rows = BATCH // replicas  # replica d trains on rows d*rows .. (d+1)*rows of each batch
         x0, y0 = _batches()[0]
-        pipe = ppc.Pipeline(MLP(), {"x": x0[:BATCH // MICROBATCHES], "y": y0[:BATCH // MICROBATCHES]},
-                            schedule=schedule, microbatches=MICROBATCHES,
+        pipe = ppc.Pipeline(MLP(), {"x": x0[:rows // MICROBATCHES], "y": y0[:rows // MICROBATCHES]},
+                            schedule=schedule, ranks=2, microbatches=MICROBATCHES,
                             optimizer=lambda params: torch.optim.SGD(params, lr=0.1))
-        losses = [pipe.step({"x": x, "y": y}) for x, y in _batches()]
+        replica = pipe.mesh.replica
+        part = slice(replica * rows, (replica + 1) * rows)
+        losses = [pipe.step({"x": x[part], "y": y[part]}) for x, y in _batches()]
         if pipe.computes_loss:
-            with open(out, "w") as f:
+            with open(f"{out}.{replica}", "w") as f:
                 json.dump(losses, f)
-    finally:
-        torch.distributed.destroy_process_group()
 
 
 def _reference() -> list[float]:
@@ -64,11 +65,16 @@ def _reference() -> list[float]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("schedule", ["1f1b", "zb_h1"])
-def test_pipeline_in_the_users_own_loop_equals_one_process(tmp_path, schedule) -> None:
+@pytest.mark.parametrize(("schedule", "replicas"), [("1f1b", 1), ("zb_h1", 1), ("1f1b", 2)],
+                         ids=["1f1b", "zb_h1", "1f1b-dp2"])
+def test_pipeline_in_the_users_own_loop_equals_one_process(tmp_path, schedule, replicas) -> None:
+    """With 2 replicas each trains on half of every batch; the mean of their losses and
+    their averaged gradients are those of the whole batch in one process."""
     out = tmp_path / "losses.json"
-    mp.spawn(_worker, args=(free_port(), str(out), schedule), nprocs=2, join=True)
-    assert json.loads(out.read_text()) == pytest.approx(_reference(), rel=1e-5)
+    mp.spawn(_worker, args=(free_port(), str(out), schedule, replicas), nprocs=2 * replicas, join=True)
+    per_replica = [json.loads(Path(f"{out}.{d}").read_text()) for d in range(replicas)]
+    losses = [sum(step) / replicas for step in zip(*per_replica)]
+    assert losses == pytest.approx(_reference(), rel=1e-5)
 
 
 def test_importing_ppc_does_not_import_torch() -> None:

@@ -23,7 +23,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import free_port, init_gloo, ppc
+from conftest import free_port, gloo_rank, ppc
 from ppc.exec.config import RunConfig
 from ppc.exec.data import PackedData
 from ppc.exec.dp import GradReducer, buckets
@@ -104,17 +104,14 @@ def _train(case: Case, config: RunConfig, mesh) -> dict:
 
 
 def _worker(rank: int, port: int, tmp: str) -> None:
-    init_gloo(rank, WORLD, port)
     out = Path(tmp)
-    try:
+    with gloo_rank(rank, WORLD, port):
         for case in CASES:
             mesh = build_mesh(dp=case.dp, pp=case.pp, device_type="cpu")
             torch.save(_train(case, case.config(), mesh), out / f"{case.name}-{rank}.pt")
             dist.barrier()
         for zero in (0, 1):
             _resume_case(zero, rank, out)
-    finally:
-        dist.destroy_process_group()
 
 
 def _resume_case(zero: int, rank: int, out: Path) -> None:

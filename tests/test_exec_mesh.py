@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import free_port, init_gloo
+from conftest import free_port, gloo_rank
 from ppc.exec.config import RunConfig
 from ppc.exec.mesh import MeshLayout, build_mesh
 from ppc.exec.reference import train_reference
@@ -58,8 +58,7 @@ CONFIG = RunConfig(
 
 
 def _worker(rank: int, port: int, tmp: str) -> None:
-    init_gloo(rank, DP * PP, port)
-    try:
+    with gloo_rank(rank, DP * PP, port):
         mesh = build_mesh(dp=DP, pp=PP, device_type="cpu")
         order = load_schedule("1f1b").expand(ranks=PP, microbatches=CONFIG.microbatches)
         plan = toy_plan(order, seed=CONFIG.seed, microbatch_size=CONFIG.microbatch_size, seq_len=CONFIG.seq_len)
@@ -74,8 +73,6 @@ def _worker(rank: int, port: int, tmp: str) -> None:
         }
         (Path(tmp) / f"rank-{rank}.json").write_text(json.dumps(record))
         dist.barrier()
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import free_port, init_gloo
+from conftest import free_port, gloo_rank
 from ppc.exec.config import RunConfig
 from ppc.exec.plan import build_plan
 from ppc.exec.reference import train_reference
@@ -122,15 +122,12 @@ def _search(tmp: Path) -> None:
 
 
 def _worker(rank: int, port: int, tmp: str) -> None:
-    init_gloo(rank, WORLD, port)
-    try:
+    with gloo_rank(rank, WORLD, port):
         for model in MODELS:
             for case, spec, virtual in cases(Path(tmp)):
                 if trains(model, case):
                     _run_case(model, case, spec, virtual, rank, Path(tmp))
         _resume_case(Path(tmp))
-    finally:
-        dist.destroy_process_group()
 
 
 def _run_case(model: str, case: str, spec: str, virtual: int, rank: int, tmp: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import free_port, init_gloo
+from conftest import free_port, gloo_rank
 from ppc.exec.config import RunConfig
 from ppc.exec.data import load_data, load_tokenizer
 from ppc.exec.plan import build_plan
@@ -39,15 +39,12 @@ def _config(case: str, tmp: Path) -> RunConfig:
 
 
 def _worker(rank: int, port: int, tmp: str) -> None:
-    init_gloo(rank, WORLD, port)
-    try:
+    with gloo_rank(rank, WORLD, port):
         for case in CASES:
             config = _config(case, Path(tmp))
             result = train_pipeline(config, build_plan(config), device=torch.device("cpu"))
             (Path(tmp) / f"{case}-allocated-{rank}").write_text(str(result.runtime.pool.allocated))
             dist.barrier()
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
