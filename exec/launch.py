@@ -1,10 +1,12 @@
 """Process launch and fault reporting.
 
 Outside torchrun, `ppc run --nproc-per-node N` starts N workers through
-torch.distributed's elastic launcher (as `torchrun --standalone` would). When a worker
-fails, the agent stops the others, so no rank hangs on a dead peer. Each worker keeps a
-small status file (pid, step, current instruction) so that even a rank killed by a
-signal can be reported with the instruction it was on.
+torch.distributed's elastic launcher (as `torchrun --standalone` would): on CPU forked
+from the launcher, which has already imported and traced the model (each under a keeper
+that records how it ended), on GPU as fresh interpreters. When a worker fails, the agent
+stops the others, so no rank hangs on a dead peer. Each worker keeps a small status file
+(pid, step, current instruction) so that even a rank killed by a signal can be reported
+with the instruction it was on.
 """
 
 from __future__ import annotations
@@ -202,8 +204,11 @@ def _keep(work: Callable[[list[str]], int], argv: list[str]) -> int:
     stop), and its worker with it (the worker's parent-death signal)."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    from ppc.exec.signals import LAUNCHER_ENV
+    from ppc.exec.signals import LAUNCHER_ENV, die_with_parent
 
+    die_with_parent()
+    if os.getppid() != int(os.environ[LAUNCHER_ENV]):  # the launcher died before that was armed
+        os._exit(1)
     os.environ[LAUNCHER_ENV] = str(os.getpid())  # the worker's parent is this keeper
     child = os.fork()
     if child == 0:

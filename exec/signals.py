@@ -21,7 +21,7 @@ import time
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LAUNCHER_ENV", "exit_worker", "guard_worker", "interrupt_on_sigterm"]
+__all__ = ["LAUNCHER_ENV", "die_with_parent", "exit_worker", "guard_worker", "interrupt_on_sigterm"]
 
 LAUNCHER_ENV = "PPC_LAUNCHER_PID"
 """Set by the self-launcher to its pid: a worker whose parent is already gone exits."""
@@ -45,14 +45,20 @@ def guard_worker() -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    parent = os.getppid()
-    if not _parent_death_signal():
-        threading.Thread(target=_watch_parent, args=(parent,), name="ppc-parent-watch", daemon=True).start()
+    die_with_parent()
     launcher = os.environ.get(LAUNCHER_ENV)
     # the launcher may have died before the death signal was armed
     if launcher is not None and launcher.isdigit() and os.getppid() != int(launcher):
         log.warning("launcher %s is gone; exiting", launcher)
         os._exit(1)
+
+
+def die_with_parent() -> None:
+    """SIGKILL this process when its parent exits (a watchdog thread where Linux's
+    parent-death signal is not available)."""
+    parent = os.getppid()
+    if not _parent_death_signal():
+        threading.Thread(target=_watch_parent, args=(parent,), name="ppc-parent-watch", daemon=True).start()
 
 
 def _parent_death_signal() -> bool:
