@@ -11,8 +11,10 @@ the bubble and the critical path.
 Data parallelism (D pipeline replicas, `dp`): one pipeline is simulated and the other
 replicas are cost terms. A REDUCE_GRAD starts when its rank reaches it and runs on the
 rank's network, one at a time in program order, for the ring all-reduce time of its
-gradient bytes (a reduce-scatter with ZeRO-1, `zero=1`, whose parameter all-gather then
-follows the optimizer step); the rank goes on computing meanwhile. STEP waits for the
+gradient bytes; the rank goes on computing meanwhile. ZeRO-1 (`zero=1`) is timed as the
+executor runs it: torch's ZeroRedundancyOptimizer steps from full gradients, so they are
+all-reduced in full, and each replica's updated parameters are then gathered (an
+all-gather after the optimizer step): less optimizer memory, more traffic. STEP waits for the
 rank's outstanding reductions, then for its global sync. How much later STEP starts than
 it would without reductions is the rank's exposed reduction time.
 """
@@ -162,14 +164,13 @@ class _Network:
     def __init__(self, pg: ProgramGraph, costs: CostModel, dp: int, zero: int):
         ranks = pg.program.ranks
         is_reduce = ops.Codes.get().is_reduce
-        collective = costs.reduce_scatter if zero else costs.all_reduce
-        self.seconds = {g: collective(pg.instrs[g].bytes, dp) for g, c in enumerate(pg.code) if is_reduce[c]}
+        self.seconds = {g: costs.all_reduce(pg.instrs[g].bytes, dp) for g, c in enumerate(pg.code) if is_reduce[c]}
         self.free = [0.0] * ranks
         """When the rank's network finishes its last reduction started so far."""
         self.last = [-1] * ranks
         self.total = [0.0] * ranks
         self.exposed = [0.0] * ranks
-        gathered = [0] * ranks  # ZeRO-1: each rank all-gathers its updated parameters after STEP
+        gathered = [0] * ranks  # ZeRO-1: the replicas gather their updated parameters after STEP
         for g in self.seconds:
             gathered[pg.rank_of[g]] += pg.instrs[g].bytes
         self.after_step = [costs.reduce_scatter(b, dp) if zero else 0.0 for b in gathered]

@@ -102,14 +102,18 @@ def test_interleaved_hides_the_first_chunk_reduction(cores):
     assert base.makespan < dp.makespan < base.makespan + 2 * reduce
 
 
-def test_zero_one_reduce_scatters_and_gathers_after_the_step():
+def test_zero_one_all_reduces_then_gathers_the_parameters_after_the_step():
+    """As the executor runs it (ZeroRedundancyOptimizer): full gradients all-reduced, then
+    the updated parameters gathered; ZeRO-1 saves memory and costs time."""
     single, replicated = programs("1f1b", 2, 4, 1, 8000, dp=4)
     c = costs(2)
     base = simulate(single, c)
+    plain = simulate(replicated, c, dp=4)
     zero = simulate(replicated, c, dp=4, zero=1)
-    scatter = c.reduce_scatter(8000, 4)
-    assert [s.exposed_reduce for s in zero.per_rank] == pytest.approx([scatter] * 2)
-    assert zero.makespan == pytest.approx(base.makespan + 2 * scatter)  # + the parameter all-gather
+    reduce, gather = c.all_reduce(8000, 4), c.reduce_scatter(8000, 4)
+    assert [s.exposed_reduce for s in zero.per_rank] == pytest.approx([reduce] * 2)
+    assert zero.makespan == pytest.approx(base.makespan + reduce + gather)
+    assert zero.makespan == pytest.approx(plain.makespan + gather)
 
 
 def test_reductions_are_on_the_trace():
