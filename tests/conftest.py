@@ -24,6 +24,30 @@ def _private_token_cache(tmp_path_factory):
     os.environ["PPC_CACHE"] = str(tmp_path_factory.mktemp("ppc-cache"))
 
 
+@pytest.fixture
+def no_launch(monkeypatch):
+    """`ppc run` in this process may check its inputs but never start workers."""
+    from ppc.exec import launch
+
+    def launched(*args, **kwargs):
+        raise AssertionError("the preflight passed and workers were started")
+
+    monkeypatch.setattr(launch, "self_launch", launched)
+
+
+def refused(args: list[str], capsys) -> str:
+    """Run the CLI in this process on `args`, which it must refuse: exit 2 and one line."""
+    from ppc.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
 def ppc(*args: str, cwd: str | Path | None = None, env: dict[str, str] | None = None,
         timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `python -m ppc ARGS` (the real entry point) and return it finished, output captured

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from ppc.exec import launch
+from conftest import refused
 from ppc.exec.checkpoint import full_names, load_resumable, save_resumable
 from ppc.exec.config import RunConfig
 from ppc.exec.optim import make_adamw
@@ -141,27 +141,9 @@ def test_older_per_rank_pickles_are_refused_unread(tmp_path, capsys, no_launch):
     (tmp_path / "ck" / "latest").write_text("step-000002\n")
     with pytest.raises(RunError, match=r"step-000002 was written by an older ppc: per-rank pickle files"):
         load_resumable(str(tmp_path / "ck"), params={}, optimizer=None, meta={})
-    line = _refused([*RUN, "--resume", str(tmp_path / "ck")], capsys)
+    line = refused([*RUN, "--resume", str(tmp_path / "ck")], capsys)
     assert line.startswith(f"ppc: checkpoint {step} was written by an older ppc")
     assert not marker.exists()
-
-
-@pytest.fixture
-def no_launch(monkeypatch):
-    def launched(*args, **kwargs):
-        raise AssertionError("the preflight passed and workers were started")
-
-    monkeypatch.setattr(launch, "self_launch", launched)
-
-
-def _refused(args: list[str], capsys) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 @pytest.mark.parametrize("layout", [["--schedule", "gpipe"], ["--split", "2,6"], ["--schedule", "zbv"],

@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ppc
-from ppc.exec import launch
+from conftest import ppc, refused
 from ppc.exec.checkpoint import load_resumable
 
 from ppc.cli import main
@@ -23,24 +22,6 @@ RUN = ["run", "--model", "tiny-llama", "--schedule", "1f1b", "--ranks", "2", "--
        "--seq-len", "16", "--steps", "2", "--device", "cpu", "--quiet"]
 DEADLOCK_CSV = "0F0,0B0,0F1,0B1\n1F1,1B1,1F0,1B0\n"
 """1F1 waits for 0F1, which rank 0 runs after 0B0, which waits for 1B0, after 1F1."""
-
-
-@pytest.fixture
-def no_launch(monkeypatch):
-    def launched(*args, **kwargs):
-        raise AssertionError("the preflight passed and workers were started")
-
-    monkeypatch.setattr(launch, "self_launch", launched)
-
-
-def _refused(args: list[str], capsys) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def _files(tmp: Path) -> dict[str, str]:
@@ -94,7 +75,7 @@ CASES = [
 @pytest.mark.parametrize(("extra", "needle"), CASES, ids=[" ".join(c[0])[:40] for c in CASES])
 def test_refused_before_any_worker(extra, needle, tmp_path, capsys, no_launch):
     files = _files(tmp_path)
-    line = _refused([*RUN, *(e.format(**files) for e in extra)], capsys)
+    line = refused([*RUN, *(e.format(**files) for e in extra)], capsys)
     assert needle.format(**files) in line
     assert "Traceback" not in line
 
@@ -104,7 +85,7 @@ def test_device_cuda_without_a_gpu(capsys, no_launch):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    assert "--device cuda but CUDA is not available" in _refused([*RUN, "--device", "cuda"], capsys)
+    assert "--device cuda but CUDA is not available" in refused([*RUN, "--device", "cuda"], capsys)
 
 
 def test_tokenizer_larger_than_the_vocabulary(tmp_path, capsys, no_launch):
@@ -112,7 +93,7 @@ def test_tokenizer_larger_than_the_vocabulary(tmp_path, capsys, no_launch):
 
     shape = {**PRESETS["tiny-llama"], "vocab_size": 100}
     (tmp_path / "config.json").write_text(json.dumps(shape))
-    line = _refused([*RUN, "--model", str(tmp_path)], capsys)
+    line = refused([*RUN, "--model", str(tmp_path)], capsys)
     assert f"byte tokens (no --tokenizer) has 256 token ids but {tmp_path}'s vocabulary holds 100" in line
 
 
@@ -182,7 +163,7 @@ def test_resume_mismatch_names_the_field(checkpoint, change, field, capsys, no_l
             args[args.index(flag) + 1] = value
         else:
             args += [flag, value]
-    line = _refused(args, capsys)
+    line = refused(args, capsys)
     assert f"ppc: checkpoint {checkpoint / 'ck' / 'step-000002'} was written with {field}" in line
 
 
@@ -196,13 +177,13 @@ def test_damaged_checkpoint_names_the_file(checkpoint, tmp_path, capsys, no_laun
     shard = shards[1]
     shard.write_bytes(shard.read_bytes()[:100])
     args = [*RUN, *SAME, "--checkpoint-dir", str(tmp_path / "unused"), "--resume", str(copy)]
-    assert f"checkpoint {shard} is truncated" in _refused(args, capsys)
+    assert f"checkpoint {shard} is truncated" in refused(args, capsys)
     # the worker's own load names the file too
     with pytest.raises(RunError, match=f"checkpoint {shard} is truncated"):
         load_resumable(str(copy), params={}, optimizer=None, meta={})
     # without rank 1's file the checkpoint lacks the weights rank 1 wrote
     shard.unlink()
-    assert f"checkpoint {step} holds no weight" in _refused(args, capsys)
+    assert f"checkpoint {step} holds no weight" in refused(args, capsys)
     # schedule, ranks and split may change: the same checkpoint passes the preflight
     shutil.copy(checkpoint / "ck" / "step-000002" / shard.name, shard)
     with pytest.raises(AssertionError, match="the preflight passed"):
