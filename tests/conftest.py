@@ -1,4 +1,5 @@
-"""Helpers shared by the test modules: the CLI in a subprocess, a free port, a gloo rank.
+"""Helpers shared by the test modules: the CLI in a subprocess, a free port, a gloo rank,
+a built-in schedule's compute orders as strings.
 
 Tests that launch ranks, train, run torchrun or a profile run are marked `slow`;
 `scripts/test.sh --quick` runs the others (`pytest -m "not slow"`).
@@ -56,6 +57,15 @@ def ppc(*args: str, cwd: str | Path | None = None, env: dict[str, str] | None = 
         [sys.executable, "-m", "ppc", *args], capture_output=True, text=True, cwd=cwd,
         env={**os.environ, **(env or {})}, timeout=timeout, check=False,
     )
+
+
+def ppc_orders(name: str, ranks: int, microbatches: int, virtual: int = 1) -> list[list[str]]:
+    """Schedule `name` expanded: per rank, its compute actions in torch's spelling (`2F0`,
+    `(0F1;3B0)OVERLAP_F_B`), the form the orders of torch and DeepSpeed are compared in."""
+    from ppc.lang import load_schedule
+
+    order = load_schedule(name).expand(ranks=ranks, microbatches=microbatches, virtual=virtual)
+    return [[str(a) for a in row] for row in order.compute]
 
 
 def free_port() -> int:

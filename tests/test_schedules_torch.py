@@ -5,6 +5,7 @@ from __future__ import annotations
 from unittest import mock
 
 import pytest
+from conftest import ppc_orders
 
 from ppc.ir.order import Action, Kind
 from ppc.lang import load_schedule
@@ -36,11 +37,6 @@ def torch_orders(name: str, ranks: int, microbatches: int, virtual: int | None =
         [str(a) for a in row if a is not None and a.computation_type.value in compute]
         for row in ops
     ]
-
-
-def ppc_orders(name: str, ranks: int, microbatches: int, virtual: int = 1):
-    order = load_schedule(name).expand(ranks=ranks, microbatches=microbatches, virtual=virtual)
-    return [[str(a) for a in row] for row in order.compute]
 
 
 def canonical_1f1b(rank: int, ranks: int, microbatches: int) -> list[str]:
