@@ -8,6 +8,7 @@ Tests that launch ranks, train, run torchrun or a profile run are marked `slow`;
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import socket
 import subprocess
@@ -47,6 +48,16 @@ def refused(args: list[str], capsys) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     return lines[0]
+
+
+def load_script(name: str):
+    """scripts/NAME.py as a module (the scripts are files, not a package)."""
+    path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"ppc_script_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
 
 
 def ppc(*args: str, cwd: str | Path | None = None, env: dict[str, str] | None = None,

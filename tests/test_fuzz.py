@@ -10,27 +10,17 @@ The generator and runner live in scripts/fuzz.py, which runs the full-size fuzz
 
 from __future__ import annotations
 
-import importlib.util
 import signal
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "fuzz.py"
 HANG_S = 30
 
 
-def _load_fuzz():
-    spec = importlib.util.spec_from_file_location("ppc_fuzz_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-fuzz = _load_fuzz()
+fuzz = load_script("fuzz")
 
 
 class _Hang(Exception):

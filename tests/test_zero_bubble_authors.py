@@ -13,16 +13,13 @@ generator makes now with what ppc makes or measures now.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import ppc
+from conftest import load_script, ppc
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_zero_bubble.py"
 REPO = os.environ.get("PPC_ZB_REPO")
 
 pytestmark = pytest.mark.skipif(
@@ -30,15 +27,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("ppc_compare_zero_bubble", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-compare_zero_bubble = _load_script()
+compare_zero_bubble = load_script("compare_zero_bubble")
 
 
 @pytest.fixture(scope="module")

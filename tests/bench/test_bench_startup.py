@@ -5,19 +5,9 @@ It times whole processes (seconds each), so it runs only when benchmarks are ena
     .venv/bin/python -m pytest tests/bench/test_bench_startup.py --benchmark-enable
 """
 
-import importlib.util
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "startup.py"
-
-
-def _startup():
-    spec = importlib.util.spec_from_file_location("startup", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_script
 
 
 @pytest.mark.slow
@@ -25,7 +15,7 @@ def _startup():
 def test_bench_time_to_first_step(benchmark, who):
     if benchmark.disabled:
         pytest.skip("times whole runs; enable with --benchmark-enable")
-    startup = _startup()
+    startup = load_script("startup")
     command = startup.commands_for(2)[who]
     times = benchmark.pedantic(startup.timed, args=(command,), rounds=3, iterations=1)
     assert len(times) == 3  # two step lines and the exit
