@@ -29,7 +29,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("model and schedule")
     g.add_argument("--model", default="tiny-llama", help="preset name or local HF directory")
-    g.add_argument("--schedule", default="1f1b", help="built-in name, .ppc file or torch .csv")
+    g.add_argument("--schedule", default="1f1b",
+                   help="built-in name, .ppc file, torch .csv, or a program .json from `ppc compile --model`")
     g.add_argument("--allow-missing-keys", action="store_true",
                    help="train although --model DIR's weights lack some parameters (they start random)")
     g.add_argument("--allow-unexpected-keys", action="store_true",

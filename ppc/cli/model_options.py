@@ -14,7 +14,7 @@ from ppc.ir.order import ComputeOrder
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model (optional; imports torch)")
     group.add_argument("--model", help="preset (tiny-llama, llama-3.2-1b, ...) or local HF directory")
-    group.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
+    group.add_argument("--seq-len", type=int, default=128, help="tokens per sequence")
     group.add_argument("--microbatch-size", type=int, default=1, help="sequences per microbatch")
     group.add_argument(
         "--split", default="cost", help="cost | layers | params, or blocks per stage (3,2,2,1)"
