@@ -19,7 +19,10 @@ models train without dropout; recompute forks the generator), so nothing is lost
 
 Only the ranks of replica 0 write (`group`: replica 0's pipeline group; with ZeRO-1 the
 optimizer state is consolidated on replica 0 first); every replica reads, through its own
-pipeline group. Needs torch >= 2.9 (HuggingFaceStorageWriter(save_distributed=...)).
+pipeline group. The files hold one whole copy of the state, whatever the replicas count,
+so a run with another number of replicas (ZeRO-1 or not) reads the same files: each
+replica loads all of its stages' state and ZeroRedundancyOptimizer.load_state_dict keeps
+its own shard of it. Needs torch >= 2.9 (HuggingFaceStorageWriter(save_distributed=...)).
 """
 
 from __future__ import annotations

@@ -176,7 +176,8 @@ def _plan(config: RunConfig, *, world: int):
 def check_resume(config: RunConfig, plan) -> None:
     """--resume names a complete checkpoint (meta.json, intact safetensors files holding
     every parameter of this model in its shape) whose recorded trajectory is this run's;
-    its schedule, ranks and split may differ. Reads JSON headers only."""
+    its schedule, ranks and split may differ, and so may --dp, --microbatches and
+    --microbatch-size at the same global batch (exec/resume.py). Reads JSON headers only."""
     from ppc.exec.checkpoint import require_storage
 
     require_storage()

@@ -3,12 +3,19 @@ checkpoint directory read without torch.
 
 A resumed run continues the same trajectory only if everything that shapes the
 trajectory is unchanged: the LR schedule (steps, warmup, lr, its floor), the optimizer
-(weight decay, clipping), the global batch (replicas, microbatches, their size, sequence
-length), the data and its order (file, tokenizer, seed) and the numerics (dtype).
-`run_meta` records them and the layout of the run (schedule, ranks, stages, placement,
-split); `mismatch` names the first trajectory field that differs. The layout may differ:
-weights and optimizer state are keyed by full model parameter names (exec/checkpoint.py),
-so any schedule, ranks count, virtual stages or split of the same model resumes them.
+(weight decay, clipping), the global batch (sequences per step, sequence length), the
+data and its order (file, tokenizer, seed) and the numerics (dtype). `run_meta` records
+them and the layout of the run (schedule, ranks, stages, placement, split); `mismatch`
+names the first trajectory field that differs. The layout may differ: weights and
+optimizer state are keyed by full model parameter names (exec/checkpoint.py), so any
+schedule, ranks count, virtual stages or split of the same model resumes them.
+
+The cut of the global batch may differ too: replicas D, microbatches M and their size B,
+as long as G = D x M x B is the same. Step t trains on sequences t x G .. (t + 1) x G - 1
+of the seeded order whatever the cut (exec/data.py), every microbatch's loss is the mean
+over its B x seq_len tokens, weighted 1 / M within a replica (exec/runtime.py) and 1 / D
+across replicas (exec/dp.py): every token of the step weighs 1 / (G x seq_len), so the
+gradient is the same up to floating-point summation order.
 The launcher checks before any worker starts (exec/preflight.py), every rank again when
 it loads its state.
 
@@ -30,7 +37,7 @@ from pathlib import Path
 
 from ppc.errors import RunError
 
-__all__ = ["FLAGS", "FORMAT", "LAYOUT", "META_FILE", "OPTIM_PREFIX", "OPTIM_STATES", "mismatch",
+__all__ = ["BATCH_CUT", "FLAGS", "FORMAT", "LAYOUT", "META_FILE", "OPTIM_PREFIX", "OPTIM_STATES", "mismatch",
            "missing_weights", "read_record", "resolve", "run_meta", "tensor_index"]
 
 META_FILE = "meta.json"
@@ -51,6 +58,10 @@ OPTIM_STATES = ("exp_avg", "exp_avg_sq", "step")
 LAYOUT = ("schedule", "ranks", "stages", "placement", "split", "split_sizes")
 """Recorded, but free to differ on resume: they change how the model is cut and run, not
 what it computes (pipeline schedules are exact)."""
+
+BATCH_CUT = ("dp", "microbatches", "microbatch_size")
+"""Recorded, and free to differ on resume when their product, the global batch
+`sequences_per_step`, does not (the module docstring says why)."""
 
 FLAGS = {
     "model": "--model", "schedule": "--schedule", "ranks": "--ranks", "dp": "--dp",
@@ -95,15 +106,19 @@ def run_meta(config, program, split) -> dict:
 
 def mismatch(saved: dict, current: dict, *, where: str) -> str | None:
     """One line naming the first recorded trajectory field that differs, or None when all
-    match (LAYOUT fields may differ).
+    match (LAYOUT fields may differ, and BATCH_CUT fields when the global batch does not).
 
     `saved` is the checkpoint's record (plus its "step" and "data_position" when known);
     a field it lacks was written by an older ppc and cannot be proven equal."""
     for key, value in current.items():
-        if key in LAYOUT:
+        if key in LAYOUT or key in BATCH_CUT:
             continue
         if key not in saved:
             return f"{where} does not record {key} (written by an older ppc): cannot resume it exactly"
+        if key == "sequences_per_step" and saved[key] != value:
+            return (f"{where} was written with a global batch of {_batch(saved)}; this run has "
+                    f"{_batch(current)}: resume with the same product --dp x --microbatches x "
+                    f"--microbatch-size (or start a new run)")
         if saved[key] != value:
             flag = FLAGS.get(key, key)
             return (f"{where} was written with {key}={saved[key]!r}, this run has {value!r}: "
@@ -112,6 +127,16 @@ def mismatch(saved: dict, current: dict, *, where: str) -> str | None:
     if None not in (step, position, per_step) and position != step * per_step:
         return f"{where} is at data position {position}, not step {step} x {per_step} sequences"
     return None
+
+
+def _batch(record: dict) -> str:
+    """'8 sequences (dp 2 x microbatches 4 x microbatch-size 1)': a record's global batch
+    and its cut (the cut left out when the record lacks a part of it)."""
+    text = f"{record['sequences_per_step']} sequences"
+    if all(key in record for key in BATCH_CUT):
+        text += (f" (dp {record['dp']} x microbatches {record['microbatches']} x "
+                 f"microbatch-size {record['microbatch_size']})")
+    return text
 
 
 def missing_weights(index: dict, shapes: dict[str, tuple[int, ...]], *, where: str) -> str | None:

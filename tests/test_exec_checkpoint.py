@@ -147,7 +147,9 @@ def test_older_per_rank_pickles_are_refused_unread(tmp_path, capsys, no_launch):
 
 
 @pytest.mark.parametrize("layout", [["--schedule", "gpipe"], ["--split", "2,6"], ["--schedule", "zbv"],
-                                    ["--ranks", "4", "--microbatches", "2"]])
+                                    ["--ranks", "4", "--microbatches", "2"],
+                                    ["--microbatches", "1", "--microbatch-size", "2"],
+                                    ["--dp", "2", "--microbatches", "1"]])
 def test_another_layout_passes_the_preflight(written, layout, no_launch):
     args = list(RUN)
     for flag, value in zip(layout[::2], layout[1::2], strict=True):
@@ -177,7 +179,10 @@ def test_refusals_name_the_problem(written, tmp_path):
 
     check_resume(dataclasses.replace(CONFIG, resume=str(copy)), plan)  # intact: accepted
     for change, text in [({"lr": 2e-3}, "lr=0.001, this run has 0.002: resume with the same --lr"),
-                         ({"microbatches": 4}, "microbatches=2, this run has 4: resume with the same --microbatches"),
+                         ({"microbatches": 4}, (r"written with a global batch of 2 sequences \(dp 1 x microbatches 2 x "
+                                               r"microbatch-size 1\); this run has 4 sequences \(dp 1 x microbatches 4 "
+                                               r"x microbatch-size 1\): resume with the same product --dp x "
+                                               r"--microbatches x --microbatch-size \(or start a new run\)$")),
                          ({"steps": 3}, "steps=2, this run has 3"), ({"seed": 1}, "seed=0, this run has 1")]:
         config = dataclasses.replace(CONFIG, **change)
         changed = build_plan(config) if "microbatches" in change else plan
@@ -197,8 +202,8 @@ def test_refusals_name_the_problem(written, tmp_path):
     record = json.loads((step / "meta.json").read_text())
     (step / "meta.json").write_text(json.dumps({**record, "format": None}))
     assert f"checkpoint {step} was written by an older ppc or another tool" in refused()
-    (step / "meta.json").write_text(json.dumps({k: v for k, v in record.items() if k != "dp"}))
-    assert "does not record dp (written by an older ppc)" in refused()
+    (step / "meta.json").write_text(json.dumps({k: v for k, v in record.items() if k != "sequences_per_step"}))
+    assert "does not record sequences_per_step (written by an older ppc)" in refused()
     (step / "meta.json").unlink()
     assert refused() == f"checkpoint {step} is incomplete or not a ppc checkpoint (no meta.json)"
 
@@ -212,3 +217,40 @@ def test_a_foreign_model_is_refused_by_its_weights(written, tmp_path):
     (step / "meta.json").write_text(json.dumps({**record, "model": "tiny-llama"}))
     with pytest.raises(RunError, match=f"checkpoint {step} holds no weight lm_head.weight: it is incomplete"):
         check_resume(config, build_plan(config))
+
+
+@pytest.mark.parametrize("cut", [{"microbatches": 1, "microbatch_size": 2}, {"dp": 2, "microbatches": 1}])
+def test_another_cut_of_the_same_global_batch_resumes(written, cut):
+    """dp, microbatches and microbatch size may change when their product (2 sequences)
+    does not: the preflight passes and every stage loads its weights and AdamW state."""
+    config = dataclasses.replace(CONFIG, **cut)
+    plan, held = _stages(config)
+    check_resume(dataclasses.replace(config, resume=str(written.root)), plan)
+    meta = run_meta(config, plan.program, plan.split)
+    assert meta["sequences_per_step"] == 2 and (meta["dp"], meta["microbatches"], meta["microbatch_size"]) != (1, 2, 1)
+    for named, optimizer in held:
+        assert load_resumable(str(written.root), params=named, optimizer=optimizer, meta=meta) == 1
+        for name, p in named.items():
+            assert torch.equal(p, written.params[name]), name
+            assert torch.equal(optimizer.state[p]["exp_avg_sq"], written.states[name]["exp_avg_sq"]), name
+
+
+def test_another_global_batch_is_refused_naming_both_cuts(written):
+    config = dataclasses.replace(CONFIG, dp=2, ranks=2)
+    with pytest.raises(RunError, match=r"global batch of 2 sequences \(dp 1 x microbatches 2 x microbatch-size 1\); "
+                                       r"this run has 4 sequences \(dp 2 x microbatches 2 x microbatch-size 1\)"):
+        check_resume(dataclasses.replace(config, resume=str(written.root)), build_plan(config))
+    # each rank checks again when it loads
+    plan, [(named, optimizer), _] = _stages(config)
+    with pytest.raises(RunError, match="this run has 4 sequences"):
+        load_resumable(str(written.root), params=named, optimizer=optimizer,
+                       meta=run_meta(config, plan.program, plan.split))
+
+
+def test_a_moved_data_position_is_refused(written, tmp_path):
+    """The record's data position must be step x global batch; a hand-edited one is named."""
+    copy, step, _ = _damaged(written, tmp_path)
+    record = json.loads((step / "meta.json").read_text())
+    (step / "meta.json").write_text(json.dumps({**record, "data_position": 3}))
+    with pytest.raises(RunError, match=f"checkpoint {step} is at data position 3, not step 1 x 2 sequences$"):
+        check_resume(dataclasses.replace(CONFIG, resume=str(copy)), build_plan(CONFIG))

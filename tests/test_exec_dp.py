@@ -2,8 +2,10 @@
 
 One launch of 4 ranks trains every mesh shape in turn (PP2 x DP2, PP1 x DP4, PP4 x DP1) with
 1f1b, zb_h1 and interleaved_1f1b, with and without ZeRO-1, then a PP2 x DP2 run that is
-checkpointed and resumed (as it was, with the other --zero, and under interleaved_1f1b
-V=2). The toy model (a tied embedding across the first and last stage, a skip value to a
+checkpointed and resumed (as it was, with the other --zero, under interleaved_1f1b V=2, and
+as PP1 x DP4 with half the microbatches: the same global batch cut another way); last, the
+4 ranks split into two worlds of 2 and ranks 0-1 resume the checkpoint as PP2 x DP1 with
+twice the microbatches, or twice their size. The toy model (a tied embedding across the first and last stage, a skip value to a
 non-adjacent stage) needs two stages at least, so the one-stage
 PP1 x DP4 cases with 1f1b and zb_h1 train tiny-llama, split by the real frontend. Every
 case's losses, grad norms and final weights must match `train_reference` on the same
@@ -23,7 +25,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import free_port, gloo_rank, ppc
+from conftest import free_port, gloo_rank, init_gloo, ppc
 from ppc.exec.config import RunConfig
 from ppc.exec.data import PackedData
 from ppc.exec.dp import GradReducer, buckets
@@ -74,8 +76,8 @@ CASES = [
 ]
 
 
-def _plan(case: Case) -> Plan:
-    config = case.config()
+def _plan(case: Case, config: RunConfig | None = None) -> Plan:
+    config = config or case.config()
     if case.model != "toy":
         return build_plan(config)
     order = load_schedule(case.schedule).expand(ranks=case.pp, microbatches=config.microbatches,
@@ -91,7 +93,7 @@ def _plan(case: Case) -> Plan:
 
 
 def _train(case: Case, config: RunConfig, mesh) -> dict:
-    plan = _plan(case)
+    plan = _plan(case, config)
     result = train_pipeline(config, plan, device=torch.device("cpu"), mesh=mesh)
     weights = {
         plan.split.stages[s].param_names.get(n, n): p.detach().clone()
@@ -103,7 +105,7 @@ def _train(case: Case, config: RunConfig, mesh) -> dict:
             "weights": weights, "reduces": reduces}
 
 
-def _worker(rank: int, port: int, tmp: str) -> None:
+def _worker(rank: int, port: int, pair_ports: tuple[int, int], tmp: str) -> None:
     out = Path(tmp)
     with gloo_rank(rank, WORLD, port):
         for case in CASES:
@@ -112,6 +114,13 @@ def _worker(rank: int, port: int, tmp: str) -> None:
             dist.barrier()
         for zero in (0, 1):
             _resume_case(zero, rank, out)
+        # a PP2 x DP1 mesh needs a world of 2 (process groups are created by the whole
+        # world): ranks 0-1 and 2-3 become two worlds; the second waits
+        dist.barrier()
+        dist.destroy_process_group()
+        init_gloo(rank % 2, 2, pair_ports[rank // 2])
+        if rank < 2:
+            _narrower_resume(rank, out)
 
 
 def _resume_case(zero: int, rank: int, out: Path) -> None:
@@ -129,16 +138,41 @@ def _resume_case(zero: int, rank: int, out: Path) -> None:
     # another schedule and split (interleaved_1f1b: 4 stages of 2 blocks, V=2) too
     relaid = dataclasses.replace(case, schedule="interleaved_1f1b", virtual=2)
     fourth = _train(relaid, dataclasses.replace(resumed, schedule=relaid.schedule, virtual=2), mesh)
+    # the same global batch of 16 sequences as 4 replicas x 2 microbatches (ZeRO-1: 4 shards)
+    wide = Case("toy", 1, 4, "interleaved_1f1b", 2, zero)
+    mesh4 = build_mesh(dp=4, pp=1, device_type="cpu")
+    fifth = _train(wide, dataclasses.replace(resumed, ranks=1, dp=4, microbatches=2, schedule=wide.schedule,
+                                             virtual=2), mesh4)
     torch.save({"full": first["history"], "resumed": second["history"], "switched": third["history"],
-                "relaid": fourth["history"], "files": sorted(p.name for p in (ckpt / "step-000002").iterdir())},
+                "relaid": fourth["history"], "wider": fifth["history"], "final": first["weights"],
+                "wider_final": fifth["weights"], "files": sorted(p.name for p in (ckpt / "step-000002").iterdir())},
                out / f"resume-zero{zero}-{rank}.pt")
     dist.barrier()
+
+
+def _narrower_resume(rank: int, out: Path) -> None:
+    """Ranks 0-1 of a world of 2: each checkpoint of `_resume_case` resumed as PP2 x DP1, with
+    8 microbatches of 2 sequences, and (the plain one) 4 microbatches of 4: the global batch of
+    16 sequences that PP2 x DP2 cut into 2 x 4 microbatches of 2."""
+    case = Case("toy", 2, 1, "zb_h1")
+    mesh = build_mesh(dp=1, pp=2, device_type="cpu")
+    runs = {}
+    for zero, microbatches, size in ((0, 8, 2), (1, 8, 2), (0, 4, 4)):
+        config = dataclasses.replace(case.config(), steps=4, microbatches=microbatches, microbatch_size=size,
+                                     resume=str(out / f"ckpt-zero{zero}" / "step-000002"))
+        runs[zero, microbatches, size] = _train(case, config, mesh)
+    torch.save(runs, out / f"narrower-{rank}.pt")
 
 
 @pytest.fixture(scope="module")
 def dp_runs(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("dp")
-    mp.spawn(_worker, args=(free_port(), str(tmp)), nprocs=WORLD, join=True)
+    ports = [free_port()]
+    while len(ports) < 3:  # one for the world of 4, one for each world of 2 after it
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    mp.spawn(_worker, args=(ports[0], (ports[1], ports[2]), str(tmp)), nprocs=WORLD, join=True)
     return tmp
 
 
@@ -164,7 +198,7 @@ def _load(tmp: Path, case: Case) -> list[dict]:
     return [torch.load(tmp / f"{case.name}-{g}.pt", weights_only=False) for g in range(WORLD)]
 
 
-@pytest.mark.slow  # 4 gloo ranks train 14 configurations, then 2 x 4 resume runs
+@pytest.mark.slow  # 4 gloo ranks train 14 configurations, then 2 x 5 resume runs, then 2 ranks 3 more
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_pp_x_dp_equals_single_process_twin(case, dp_runs):
     parts = _load(dp_runs, case)
@@ -215,6 +249,34 @@ def test_pp2_x_dp2_resume_reproduces_losses(zero, dp_runs):
     # one safetensors file per pipeline rank, written by replica 0
     assert parts[0]["files"] == ["meta.json", "shard-00001-model-00001-of-00001.safetensors",
                                  "shard-00002-model-00001-of-00001.safetensors"]
+    # PP1 x DP4 x 2 microbatches (with zero=1: AdamW state in 4 shards) continues the run
+    full, final = parts[1]["full"][2:], {**parts[0]["final"], **parts[1]["final"]}
+    for part in parts:
+        assert [s for s, _, _ in part["wider"]] == [3, 4]
+        _assert_same_run(part["wider"], full, part["wider_final"], final)
+
+
+def _assert_same_run(history: list, full: list, weights: dict, final: dict) -> None:
+    """Losses and grad norms of the resumed steps, and the final weights, equal the
+    uninterrupted run's up to summation order."""
+    assert [x for _, *x in history] == [pytest.approx(x, rel=1e-5) for _, *x in full]
+    assert set(weights) == set(final)
+    for name, ref in final.items():
+        torch.testing.assert_close(weights[name], ref, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", [(0, 8, 2), (1, 8, 2), (0, 4, 4)], ids=["m8-b2", "m8-b2-from-zero1", "m4-b4"])
+def test_pp2_x_dp1_resumes_pp2_x_dp2_at_the_same_global_batch(run, dp_runs):
+    """Written by PP2 x DP2 x 4 microbatches of 2; resumed by one replica (ranks 0-1) with
+    8 microbatches of 2 or 4 of 4: the same 16 sequences a step, the same run."""
+    zero = run[0]
+    written = [torch.load(dp_runs / f"resume-zero{zero}-{g}.pt", weights_only=False) for g in (0, 1)]
+    parts = [torch.load(dp_runs / f"narrower-{g}.pt", weights_only=False)[run] for g in (0, 1)]
+    assert parts[0]["history"] == [] and [s for s, _, _ in parts[1]["history"]] == [3, 4]
+    assert parts[0]["reduces"] == parts[1]["reduces"] == [], "one replica: nothing to reduce"
+    _assert_same_run(parts[1]["history"], written[1]["full"][2:], {**parts[0]["weights"], **parts[1]["weights"]},
+                     {**written[0]["final"], **written[1]["final"]})
 
 
 # ----- CLI ------------------------------------------------------------------------------
@@ -293,19 +355,20 @@ def test_cli_world_must_be_dp_times_ranks(capsys):
     assert "world size 2 != dp 2 x schedule ranks 2" in err and "Traceback" not in err
 
 
-def test_resume_with_another_dp_is_refused(tmp_path):
-    from ppc.exec.checkpoint import load_resumable
-    from ppc.exec.resume import FORMAT
+def test_resume_with_another_dp_needs_the_same_global_batch():
+    from ppc.exec.resume import mismatch
 
-    from ppc.errors import RunError
-
-    meta = {"schedule": "1f1b", "ranks": 2, "stages": 2, "placement": [0, 1], "model": "toy", "microbatches": 4}
-    step = tmp_path / "step-000002"
-    step.mkdir()
-    (step / "meta.json").write_text(json.dumps({"format": FORMAT, **meta, "dp": 2, "step": 2}))
-    with pytest.raises(RunError, match="written with dp=2, this run has 1"):
-        load_resumable(str(step), params={}, optimizer=None, meta={**meta, "dp": 1})
-    # a checkpoint that does not record dp cannot be proven to match (exec/resume.py)
-    (step / "meta.json").write_text(json.dumps({"format": FORMAT, **meta, "step": 2}))
-    with pytest.raises(RunError, match="does not record dp"):
-        load_resumable(str(step), params={}, optimizer=None, meta={**meta, "dp": 2})
+    meta = {"schedule": "1f1b", "ranks": 2, "stages": 2, "placement": [0, 1], "model": "toy"}
+    saved = {**meta, "dp": 2, "microbatches": 4, "microbatch_size": 1, "sequences_per_step": 8, "step": 2,
+             "data_position": 16}
+    for dp, microbatches, size in ((1, 8, 1), (1, 4, 2), (4, 2, 1), (2, 4, 1)):
+        cut = {"dp": dp, "microbatches": microbatches, "microbatch_size": size, "sequences_per_step": 8}
+        assert mismatch(saved, {**meta, **cut}, where="checkpoint ck") is None, cut
+    doubled = {"dp": 2, "microbatches": 8, "microbatch_size": 1, "sequences_per_step": 16}
+    assert mismatch(saved, {**meta, **doubled}, where="checkpoint ck") == (
+        "checkpoint ck was written with a global batch of 8 sequences (dp 2 x microbatches 4 x microbatch-size 1); "
+        "this run has 16 sequences (dp 2 x microbatches 8 x microbatch-size 1): resume with the same product "
+        "--dp x --microbatches x --microbatch-size (or start a new run)")
+    # a checkpoint that does not record its global batch cannot be proven to match (exec/resume.py)
+    older = {k: v for k, v in saved.items() if k != "sequences_per_step"}
+    assert "does not record sequences_per_step" in mismatch(older, {**meta, **doubled}, where="checkpoint ck")

@@ -150,10 +150,12 @@ def test_resume_on_another_ranks_count_reproduces_the_loss(checkpoint, tmp_path)
         (["--warmup", "0"], "warmup=1, this run has 0"),
         (["--weight-decay", "0.01"], "weight_decay=0.1, this run has 0.01"),
         (["--clip", "0"], "clip=1.0, this run has None"),
-        (["--microbatch-size", "2"], "microbatch_size=1, this run has 2"),
+        (["--microbatch-size", "2"], ("a global batch of 2 sequences (dp 1 x microbatches 2 x microbatch-size 1); "
+                                     "this run has 4 sequences (dp 1 x microbatches 2 x microbatch-size 2)")),
         (["--seq-len", "32"], "seq_len=16, this run has 32"),
         (["--seed", "1"], "seed=0, this run has 1"),
-        (["--microbatches", "4"], "microbatches=2, this run has 4"),
+        (["--microbatches", "4"], ("a global batch of 2 sequences (dp 1 x microbatches 2 x microbatch-size 1); "
+                                  "this run has 4 sequences (dp 1 x microbatches 4 x microbatch-size 1)")),
     ],
 )
 def test_resume_mismatch_names_the_field(checkpoint, change, field, capsys, no_launch):
