@@ -142,6 +142,20 @@ def test_resume_on_another_ranks_count_reproduces_the_loss(checkpoint, tmp_path)
 
 
 @pytest.mark.slow
+def test_resume_with_the_batch_cut_over_two_replicas_reproduces_the_loss(checkpoint, tmp_path):
+    """Written by one pipeline of 2 microbatches, resumed by 2 replicas of 1 microbatch each:
+    the same 2 sequences make the step."""
+    result = ppc(*RUN, *SAME, "--dp", "2", "--microbatches", "1",
+                 "--checkpoint-dir", str(tmp_path / "ck2"), "--metrics", str(tmp_path / "m.jsonl"),
+                 "--resume", str(checkpoint / "ck" / "step-000001"), timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    full = [json.loads(line) for line in (checkpoint / "metrics.jsonl").read_text().splitlines()]
+    resumed = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in resumed] == [2]
+    assert resumed[0]["loss"] == pytest.approx(full[1]["loss"], rel=1e-5)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("change", "field"),
     [
