@@ -78,6 +78,19 @@ def _csv_sources() -> dict[str, bytes]:
     return out
 
 
+def _program_sources() -> dict[str, dict]:
+    """Compiled programs as `ppc compile --format json` writes them (program and stage graph)."""
+    from ppc.compiler import compile_program
+    from ppc.ir.stage_graph import synthetic_chain
+    from ppc.lang import load_schedule
+
+    out = {}
+    for name, (r, m, v) in (("1f1b", (2, 2, 1)), ("zb_h1", (3, 3, 1)), ("dualpipev", (2, 4, 2))):
+        program = compile_program(load_schedule(name).expand(ranks=r, microbatches=m, virtual=v))
+        out[name] = {"program": program.to_json(), "graph": synthetic_chain(program.stages).to_json()}
+    return out
+
+
 def _costs_sources() -> dict[str, dict]:
     return {
         "uniform": {"unit": "s", "F": 1.0, "I": 1.0, "W": 1.0},
@@ -259,6 +272,22 @@ def costs_json_mutants(rng: random.Random, count: int) -> Iterator[Mutant]:
         yield Mutant(family="costs-json", name=f"{name}:{how}", files={"costs.json": data}, argv=argv)
 
 
+def program_mutants(rng: random.Random, count: int) -> Iterator[Mutant]:
+    """Compiled programs with one value anywhere replaced, or a few bytes changed, through
+    `ppc simulate FILE.json` (what `ppc run --schedule FILE.json` reads too)."""
+    sources = _program_sources()
+    names = sorted(sources)
+    for i in range(count):
+        name = names[i % len(names)]
+        if rng.random() < 0.7:
+            value = rng.choice((*GARBAGE, 0, 1, 2, 99, -2, "SEND_F", "RECV_B", "FB", "STEP"))
+            how, data = f"value={value!r:.20}", json.dumps(_replace_somewhere(rng, sources[name], value)).encode()
+        else:
+            how, data = _byte_mutation(rng, json.dumps(sources[name]).encode())
+        yield Mutant(family="program", name=f"{name}:{how}", files={"p.json": data},
+                     argv=("simulate", "{dir}/p.json"))
+
+
 def costs_inline_mutants(rng: random.Random, count: int) -> Iterator[Mutant]:
     for _ in range(count):
         parts = []
@@ -273,14 +302,14 @@ def costs_inline_mutants(rng: random.Random, count: int) -> Iterator[Mutant]:
 
 
 def mutants(seed: int, count: int, *, largest: int = 20000) -> list[Mutant]:
-    """`count` mutants: half .ppc, a quarter CSV, a quarter costs (JSON and inline);
-    nesting and repetition up to `largest` levels."""
+    """`count` mutants: half .ppc, an eighth CSV, an eighth compiled programs, a quarter
+    costs (JSON and inline); nesting and repetition up to `largest` levels."""
     rng = random.Random(seed)
     repeats = tuple(k for k in (10, 63, 64, 65, 300, 1000, 3000, 20000) if k <= largest)
-    n_ppc, n_csv = count // 2, count // 4
-    n_json = (count - n_ppc - n_csv) // 2
-    n_inline = count - n_ppc - n_csv - n_json
-    return [*ppc_mutants(rng, n_ppc, repeats), *csv_mutants(rng, n_csv),
+    n_ppc, n_csv, n_program = count // 2, count // 8, count // 8
+    n_json = (count - n_ppc - n_csv - n_program) // 2
+    n_inline = count - n_ppc - n_csv - n_program - n_json
+    return [*ppc_mutants(rng, n_ppc, repeats), *csv_mutants(rng, n_csv), *program_mutants(rng, n_program),
             *costs_json_mutants(rng, n_json), *costs_inline_mutants(rng, n_inline)]
 
 

@@ -83,3 +83,22 @@ def test_a_broken_program_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
     result = ppc("simulate", str(path))
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("edit", "needle"), [
+    (lambda d: d["program"]["instructions"][0][1].update(peer="x"), "malformed program record"),
+    (lambda d: d["program"].update(instructions="x"), "malformed program record"),
+    (lambda d: d["program"]["instructions"][0][0].update(parts=[{"op": "F", "stage": 0, "mb": 0}]),
+     "rank 0 position 0: F has no parts"),
+    (lambda d: d.update(graph={**d["graph"], "num_stages": 3}), "the stage graph has 3 stages, the program 2"),
+])
+def test_program_records_are_checked_beyond_their_json_types(tmp_path: Path, edit, needle) -> None:
+    """Found by the fuzzer's program family (scripts/fuzz.py): each was a traceback or a
+    silently accepted file."""
+    from ppc.errors import ValidationError
+    from ppc.ir.program import program_file
+
+    data = json.loads(ppc("compile", "1f1b", "-r", "2", "-m", "2", "--format", "json").stdout)
+    edit(data)
+    with pytest.raises(ValidationError, match=needle):
+        program_file(data, "p.json")

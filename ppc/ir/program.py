@@ -99,8 +99,10 @@ class Instruction:
         if specs is not None:
             tensors = specs.setdefault(tensors, tensors)
         parts = tuple(cls.from_json(p) for p in data.get("parts", ()))
+        peer, peer_stage = data.get("peer"), data.get("peer_stage")
         return make(ops.get(data["op"]), int(data["stage"]), int(data["mb"]),
-                    data.get("peer"), data.get("peer_stage"), tensors, parts)
+                    None if peer is None else int(peer), None if peer_stage is None else int(peer_stage),
+                    tensors, parts)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -206,6 +208,22 @@ def program_file(data: dict, source: str):
     except KeyError as missing:
         raise ValidationError(f"{source}: program record lacks {missing} (or names an op not "
                               f"in the table: known {', '.join(k.name for k in ops.table())})") from None
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, AttributeError) as error:
         raise ValidationError(f"{source}: malformed program record: {error}") from None
+    _check_record(program, graph, source)
     return program, graph
+
+
+def _check_record(program: Program, graph, source: str) -> None:
+    """What the JSON types alone do not say: parts only on an overlapped op, and a stage
+    graph of the program's stages."""
+    from ppc.errors import ValidationError
+
+    for rank, row in enumerate(program.instructions):
+        for position, ins in enumerate(row):
+            if bool(ins.parts) != bool(ins.op.parts):
+                wants = "is made of parts" if ins.op.parts else "has no parts"
+                raise ValidationError(f"{source}: rank {rank} position {position}: {ins.op.name} {wants}")
+    if graph is not None and graph.num_stages != program.stages:
+        raise ValidationError(f"{source}: the stage graph has {graph.num_stages} stages, "
+                              f"the program {program.stages}")
