@@ -133,7 +133,10 @@ def train_with_torch_runtime(config: RunConfig, csv_path: str | Path, *, rank: i
 
     from ppc.exec.config import parse_split
     from ppc.exec.data import load_data, load_tokenizer
-    from ppc.exec.optim import clip_by_norm, lr_at, make_adamw, squared_norm
+    from ppc.exec.mesh import build_mesh
+    from ppc.exec.optim import lr_at, make_adamw
+    from ppc.exec.stepping import optimizer_step
+    from ppc.exec.tied import TiedReducer
     from ppc.frontend import build_split
     from ppc.frontend.materialize import materialize_stage
 
@@ -144,17 +147,20 @@ def train_with_torch_runtime(config: RunConfig, csv_path: str | Path, *, rank: i
     num_stages = 1 + max(max(_stages_of_rank(rows, r), default=-1) for r in range(world))
     split_model = build_split(config.model, stages=num_stages, seq_len=config.seq_len,
                               microbatch_size=config.microbatch_size, by=parse_split(config.split), seed=config.seed)
-    if split_model.graph.tied:
-        raise PpcError("the torch-runtime path does not reduce tied weights yet: use a model without tied weights")
     links = chain_stages(split_model)
     device = torch.device("cpu")
-    stages, params = [], []
+    modules = {s: materialize_stage(split_model, s, device=device, seed=config.seed) for s in mine}
+    # tied weights (an embedding the head reuses): one parameter per rank, gradients summed
+    # over the ranks that hold it before the step, as ppc's own runtime does
+    placement = [next(r for r in range(world) if s in _stages_of_rank(rows, r)) for s in range(num_stages)]
+    tied = TiedReducer(graph=split_model.graph, stages=split_model.stages, placement=placement, rank=rank,
+                       modules=modules, mesh=build_mesh(dp=1, pp=world, device_type="cpu"))
+    params = list(dict.fromkeys(p for m in modules.values() for p in m.parameters() if p.requires_grad))
+    stages = []
     for s in mine:
         info = split_model.stages[s]
-        module = materialize_stage(split_model, s, device=device, seed=config.seed)
         takes, gives = links[s]
-        link = ChainStage(module, inputs=info.inputs, outputs=info.outputs, takes=takes, gives=gives)
-        params += [p for p in link.parameters() if p.requires_grad]
+        link = ChainStage(modules[s], inputs=info.inputs, outputs=info.outputs, takes=takes, gives=gives)
         stages.append(PipelineStage(link, s, num_stages, device, input_args=_examples(split_model, takes, config),
                                     output_args=_examples(split_model, gives, config)))
     schedule = _PipelineScheduleRuntime(stages, n_microbatches=config.microbatches, loss_fn=_loss)
@@ -175,9 +181,8 @@ def train_with_torch_runtime(config: RunConfig, csv_path: str | Path, *, rank: i
         began = time.perf_counter()
         args = tuple(whole[key] for key in split_model.batch_inputs) if first else ()
         schedule.step(*args, target=whole["labels"] if last else None, losses=losses, return_outputs=False)
-        norm = clip_by_norm(params, squared_norm(params), config.clip, reduce=_sum_over_ranks)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        norm = optimizer_step(params=params, tied=tied, optimizer=optimizer, clip=config.clip, group=None,
+                              device=device)
         elapsed = time.perf_counter() - began
         if last:
             loss = sum(float(x) for x in losses) / len(losses)
@@ -189,12 +194,6 @@ def train_with_torch_runtime(config: RunConfig, csv_path: str | Path, *, rank: i
     if writer is not None:
         writer.close()
     return history
-
-
-def _sum_over_ranks(value: torch.Tensor) -> torch.Tensor:
-    value = value.clone()
-    dist.all_reduce(value)
-    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
