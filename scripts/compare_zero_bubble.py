@@ -6,7 +6,8 @@ schedulers under megatron/core/pipeline_parallel/zerobubble/scheduler/:
 - `zb.py`: the automatic (heuristic) scheduler that orders F, B (input gradient) and W
   (weight gradient) for given costs and a per-stage memory limit; at a limit of R
   activation sets (1F1B's memory) it makes ZB-H1-style orders. ppc's counterpart is
-  schedules/zb_h1.ppc.
+  schedules/zb_h1.ppc. At a limit of 2R sets (ZB-H2's memory) it is compared with
+  schedules/zb_h2.ppc (`--family ZB-H2`), which holds at most 2R - 1.
 - `zbv.py`: the ZB-V scheduler (two stages per rank, V-shape). ppc's counterpart is
   schedules/zbv.ppc.
 
@@ -72,7 +73,8 @@ class Row:
     """One grid point: their order and ppc's built-in, both timed by ppc's simulator."""
 
     family: str
-    """"ZB-H1" (their zb.py at 1F1B memory vs zb_h1) or "ZB-V" (their zbv.py vs zbv)."""
+    """"ZB-H1" (their zb.py at 1F1B memory vs zb_h1), "ZB-H2" (their zb.py at 2R sets vs zb_h2)
+    or "ZB-V" (their zbv.py vs zbv)."""
     ppc_schedule: str
     costs: str
     ranks: int
@@ -138,17 +140,24 @@ def to_rows(local_order) -> list[list[str]]:
     return [[f"{n.layer_group_idx}{_LETTER[n.type.value]}{n.microbatch}" for n in nodes] for nodes in local_order]
 
 
-def their_zb_h1(gen, ranks: int, microbatches: int, c: CostSetting) -> tuple[list[list[str]], float]:
-    """Their automatic scheduler at 1F1B's memory: F holds a set, W frees it, R sets."""
+def their_zb_h1(gen, ranks: int, microbatches: int, c: CostSetting, *,
+                memory: int | None = None) -> tuple[list[list[str]], float]:
+    """Their automatic scheduler at 1F1B's memory: F holds a set, W frees it, R sets (or
+    `memory` sets)."""
     graph_mod, zb, _ = gen
     config = graph_mod.GraphConfig(
         cost_f=[float(c.F)] * ranks, cost_b=[float(c.I)] * ranks, cost_w=[float(c.W)] * ranks,
         cost_comm=float(c.comm), mem_f=[1] * ranks, mem_b=[0] * ranks, mem_w=[-1] * ranks,
-        max_mem=[ranks] * ranks, n_stages=ranks, n_micro=microbatches,
+        max_mem=[memory or ranks] * ranks, n_stages=ranks, n_micro=microbatches,
     )
     graph = zb.Graph.build_graph(ranks, microbatches, config)
     _, _, completion = zb.initial_solution(graph, print_result=False)
     return to_rows(zb.create_scheduled_nodes(graph, completion)), float(max(completion))
+
+
+def their_zb_h2(gen, ranks: int, microbatches: int, c: CostSetting) -> tuple[list[list[str]], float]:
+    """Their automatic scheduler at ZB-H2's memory: 2R sets."""
+    return their_zb_h1(gen, ranks, microbatches, c, memory=2 * ranks)
 
 
 def their_zbv(gen, ranks: int, microbatches: int, c: CostSetting) -> tuple[list[list[str]], float]:
@@ -215,6 +224,9 @@ def compare_one(gen, family: str, ranks: int, microbatches: int, c: CostSetting,
     if family == "ZB-H1":
         rows, own = their_zb_h1(gen, ranks, microbatches, c)
         builtin, virtual, limit = "zb_h1", 1, ranks
+    elif family == "ZB-H2":
+        rows, own = their_zb_h2(gen, ranks, microbatches, c)
+        builtin, virtual, limit = "zb_h2", 1, 2 * ranks
     else:
         rows, own = their_zbv(gen, ranks, microbatches, c)
         builtin, virtual, limit = "zbv", 2, 2 * ranks
@@ -300,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repo", required=True, help="work tree of sail-sg/zero-bubble-pipeline-parallelism")
     parser.add_argument("--ranks", type=parse_ranks, default=range(2, 9), help="R range, e.g. 2-8 (default)")
-    parser.add_argument("--family", choices=("ZB-H1", "ZB-V"), action="append", help="default: both")
+    parser.add_argument("--family", choices=("ZB-H1", "ZB-H2", "ZB-V"), action="append",
+                        help="default: ZB-H1 and ZB-V")
     parser.add_argument("--csv-dir", help="keep their orders here as torch CSVs (for `ppc simulate FILE.csv`)")
     parser.add_argument("--out", help="also write the tables (markdown) to this file")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")

@@ -79,7 +79,7 @@ def test_constraint_unknown_name_and_param_errors() -> None:
     assert "1f1b has one stage per rank; use interleaved_1f1b for V > 1" in constraint.stderr
     unknown = ppc("compile", "nope", "-r", "2", "-m", "2")
     assert unknown.returncode == 2
-    assert "built-in schedules: 1f1b, 1f1b_recompute, dualpipev, gpipe, interleaved_1f1b, interleaved_zb, looped_bfs, zb_h1, zbv" in unknown.stderr
+    assert "built-in schedules: 1f1b, 1f1b_recompute, dualpipev, gpipe, interleaved_1f1b, interleaved_zb, looped_bfs, zb_h1, zb_h2, zbv" in unknown.stderr
     malformed = ppc("compile", "1f1b", "-r", "2", "-m", "2", "--param", "x")
     assert malformed.returncode == 2 and "expected NAME=INTEGER" in malformed.stderr
     missing = ppc("compile", "1f1b")

@@ -94,6 +94,7 @@ def cases(tmp: Path) -> list[tuple[str, str, int]]:
         ("1f1b", "1f1b", 1),
         ("interleaved_1f1b", "interleaved_1f1b", 2),
         ("zb_h1", "zb_h1", 1),
+        ("zb_h2", "zb_h2", 1),
         ("zbv", "zbv", 2),
         ("dualpipev", "dualpipev", 2),
         ("interleaved_zb", "interleaved_zb", 2),
@@ -255,7 +256,7 @@ def references():
     }
 
 
-CASE_NAMES = ("gpipe", "1f1b", "interleaved_1f1b", "zb_h1", "zbv", "interleaved_zb", "dualpipev", "custom_ppc",
+CASE_NAMES = ("gpipe", "1f1b", "interleaved_1f1b", "zb_h1", "zb_h2", "zbv", "interleaved_zb", "dualpipev", "custom_ppc",
               "torch_csv", "recompute", "recompute_split", "searched")
 
 
