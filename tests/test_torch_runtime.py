@@ -34,22 +34,29 @@ def _losses(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.mark.slow
-def test_zb_h1_on_torch_runtime_equals_the_reference(tmp_path):
-    flags = ["--model", "tiny-llama", "-m", "8", "--seq-len", "32", "--steps", "3"]
-    compiled = ppc("compile", "zb_h1", "-r", "4", "-m", "8", "--format", "csv")
+def _torch_runtime_and_reference(tmp_path, schedule: str, ranks: int, flags: list[str]):
+    """The metrics of `schedule` compiled for `ranks` on torch's runtime, and of `ppc run --reference`."""
+    microbatches = flags[flags.index("-m") + 1]
+    compiled = ppc("compile", schedule, "-r", str(ranks), "-m", microbatches, "--format", "csv")
     assert compiled.returncode == 0, compiled.stderr
-    csv = tmp_path / "zb_h1.csv"
+    csv = tmp_path / f"{schedule}.csv"
     csv.write_text(compiled.stdout)
     ran = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "4", "--master-port", str(free_port()),
-         "-m", "ppc.measure.torch_runtime", "--csv", str(csv), *flags, "--metrics", str(tmp_path / "torch.jsonl")],
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks), "--master-port",
+         str(free_port()), "-m", "ppc.measure.torch_runtime", "--csv", str(csv), *flags,
+         "--metrics", str(tmp_path / "torch.jsonl")],
         capture_output=True, text=True, timeout=600, check=False,
     )
     assert ran.returncode == 0, ran.stderr[-3000:]
     reference = ppc("run", "--reference", *flags, "--metrics", str(tmp_path / "ref.jsonl"))
     assert reference.returncode == 0, reference.stderr
-    got, want = _losses(tmp_path / "torch.jsonl"), _losses(tmp_path / "ref.jsonl")
+    return _losses(tmp_path / "torch.jsonl"), _losses(tmp_path / "ref.jsonl")
+
+
+@pytest.mark.slow
+def test_zb_h1_on_torch_runtime_equals_the_reference(tmp_path):
+    got, want = _torch_runtime_and_reference(
+        tmp_path, "zb_h1", 4, ["--model", "tiny-llama", "-m", "8", "--seq-len", "32", "--steps", "3"])
     assert [r["step"] for r in got] == [1, 2, 3]
     assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in want], rel=1e-5)
     assert [r["grad_norm"] for r in got] == pytest.approx([r["grad_norm"] for r in want], rel=1e-4)
@@ -60,19 +67,7 @@ def test_zb_h1_on_torch_runtime_equals_the_reference(tmp_path):
 def test_tied_embedding_on_torch_runtime_equals_the_reference(tmp_path):
     """The embedding on rank 0 and the head on rank 1 are one weight: its two gradients are
     summed across the ranks before the step, as in `ppc run`."""
-    flags = ["--model", "tiny-llama-tied", "-m", "4", "--seq-len", "16", "--steps", "3"]
-    compiled = ppc("compile", "1f1b", "-r", "2", "-m", "4", "--format", "csv")
-    assert compiled.returncode == 0, compiled.stderr
-    csv = tmp_path / "1f1b.csv"
-    csv.write_text(compiled.stdout)
-    ran = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
-         "-m", "ppc.measure.torch_runtime", "--csv", str(csv), *flags, "--metrics", str(tmp_path / "torch.jsonl")],
-        capture_output=True, text=True, timeout=600, check=False,
-    )
-    assert ran.returncode == 0, ran.stderr[-3000:]
-    reference = ppc("run", "--reference", *flags, "--metrics", str(tmp_path / "ref.jsonl"))
-    assert reference.returncode == 0, reference.stderr
-    got, want = _losses(tmp_path / "torch.jsonl"), _losses(tmp_path / "ref.jsonl")
+    got, want = _torch_runtime_and_reference(
+        tmp_path, "1f1b", 2, ["--model", "tiny-llama-tied", "-m", "4", "--seq-len", "16", "--steps", "3"])
     assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in want], rel=1e-5)
     assert [r["grad_norm"] for r in got] == pytest.approx([r["grad_norm"] for r in want], rel=1e-4)
