@@ -30,14 +30,12 @@ class Plan:
 def build_order(config: RunConfig):
     """The schedule expanded for R, M, V (a compiled program's own compute order); raises
     ScheduleError / ConstraintError."""
-    from ppc.exec.program_file import check_shape, compute_order, is_program_file, load_program
+    from ppc.exec.program_file import compute_order, is_program_file, load_for_run
 
     from ppc.lang import load_schedule
 
     if is_program_file(config.schedule):
-        program, _ = load_program(config.schedule)
-        check_shape(program, config, config.schedule)
-        return compute_order(program)
+        return compute_order(load_for_run(config)[0])
 
     schedule = load_schedule(config.schedule)
     return schedule.expand(
@@ -73,17 +71,20 @@ def _split(model: str, stages: int, seq_len: int, microbatch_size: int, by, seed
 
 def build_plan(config: RunConfig) -> Plan:
     """Expand, split and compile: the same deterministic plan on every rank."""
-    from ppc.exec.program_file import is_program_file, program_for_run
+    from ppc.exec.program_file import is_program_file, load_for_run, program_for_run
 
     from ppc.compiler import compile_program
     from ppc.frontend import materialize_stage
 
-    order = build_order(config)
-    split = _split(config.model, order.stages, config.seq_len, config.microbatch_size, config.split_by,
-                   config.seed)
     if is_program_file(config.schedule):  # run exactly the file's instructions, once checked
-        program = program_for_run(config.schedule, config, split.graph)
+        loaded, compiled_graph = load_for_run(config)
+        split = _split(config.model, loaded.stages, config.seq_len, config.microbatch_size, config.split_by,
+                       config.seed)
+        program = program_for_run(loaded, compiled_graph, config, split.graph)
     else:
+        order = build_order(config)
+        split = _split(config.model, order.stages, config.seq_len, config.microbatch_size, config.split_by,
+                       config.seed)
         program = compile_program(order, split.graph, dp=config.dp)
 
     def materialize(stage: int, device: torch.device) -> torch.nn.Module:

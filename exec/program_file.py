@@ -19,7 +19,7 @@ from ppc.errors import RunError
 from ppc.ir.order import Action, ComputeOrder
 from ppc.ir.program import Instruction, Program
 
-__all__ = ["is_program_file", "load_program", "program_for_run"]
+__all__ = ["compute_order", "is_program_file", "load_for_run", "load_program", "program_for_run"]
 
 
 def is_program_file(schedule: str) -> bool:
@@ -35,6 +35,13 @@ def load_program(path: str):
     return program_file(read_json(path, error=RunError, what="compiled program", limit=2**30), path)
 
 
+def load_for_run(config):
+    """(Program, StageGraph or None) of `config.schedule`, its shape checked against the run's flags."""
+    program, graph = load_program(config.schedule)
+    check_shape(program, config, config.schedule)
+    return program, graph
+
+
 def check_shape(program: Program, config, path: str) -> None:
     """The run's --ranks, --microbatches and --virtual-stages are the program's."""
     wanted = {"--ranks": (config.ranks, program.ranks), "--microbatches": (config.microbatches, program.microbatches)}
@@ -47,15 +54,15 @@ def check_shape(program: Program, config, path: str) -> None:
         raise RunError(f"{path} fixes its placement; --placement does not apply to a compiled program")
 
 
-def program_for_run(path: str, config, graph) -> Program:
-    """The program in `path`, checked against this run's stage `graph` (the model's split)
-    and given the gradient reductions of `config.dp` replicas when it has none."""
+def program_for_run(program: Program, compiled_graph, config, graph) -> Program:
+    """`program` (read by load_for_run with its `compiled_graph`), checked against this
+    run's stage `graph` (the model's split) and given the gradient reductions of
+    `config.dp` replicas when it has none."""
     from ppc.compiler import compile_program
     from ppc.compiler.reduce import add_grad_reductions
     from ppc.verify.program import validate
 
-    program, compiled_graph = load_program(path)
-    check_shape(program, config, path)
+    path = config.schedule
     _check_graph(compiled_graph, graph, path)
     if config.dp > 1 and not any(ins.op.name == "REDUCE_GRAD" for row in program.instructions for ins in row):
         rows = [list(row) for row in program.instructions]

@@ -143,8 +143,9 @@ def train_with_torch_runtime(config: RunConfig, csv_path: str | Path, *, rank: i
     rows = _csv_rows(csv_path)
     if len(rows) != world:
         raise PpcError(f"{csv_path}: {len(rows)} ranks in the schedule, {world} processes")
+    owner = {s: r for r in range(world) for s in _stages_of_rank(rows, r)}
     mine = _stages_of_rank(rows, rank)
-    num_stages = 1 + max(max(_stages_of_rank(rows, r), default=-1) for r in range(world))
+    num_stages = 1 + max(owner, default=-1)
     split_model = build_split(config.model, stages=num_stages, seq_len=config.seq_len,
                               microbatch_size=config.microbatch_size, by=parse_split(config.split), seed=config.seed)
     links = chain_stages(split_model)
@@ -152,7 +153,7 @@ def train_with_torch_runtime(config: RunConfig, csv_path: str | Path, *, rank: i
     modules = {s: materialize_stage(split_model, s, device=device, seed=config.seed) for s in mine}
     # tied weights (an embedding the head reuses): one parameter per rank, gradients summed
     # over the ranks that hold it before the step, as ppc's own runtime does
-    placement = [next(r for r in range(world) if s in _stages_of_rank(rows, r)) for s in range(num_stages)]
+    placement = [owner[s] for s in range(num_stages)]
     tied = TiedReducer(graph=split_model.graph, stages=split_model.stages, placement=placement, rank=rank,
                        modules=modules, mesh=build_mesh(dp=1, pp=world, device_type="cpu"))
     params = list(dict.fromkeys(p for m in modules.values() for p in m.parameters() if p.requires_grad))
